@@ -1,0 +1,196 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pai-mount",
+    version,
+    about = "Mount object storage as a local directory, served from a manifest"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount a bucket prefix read-only (daemonizes once the mount is live)
+    Mount(MountArgs),
+    /// Unmount a mount point (also cleans up after a daemon that died)
+    Unmount(UnmountArgs),
+    /// Build or inspect the manifest of a prefix
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Make a sample dataset on an embedded S3 server, mount it, list and read it, unmount
+    Demo(DemoArgs),
+}
+
+/// Where the data is and how to reach it.
+#[derive(Debug, Args, Clone)]
+pub struct StoreArgs {
+    /// oss://bucket[/prefix], s3://bucket[/prefix] or file:///dir
+    pub source: String,
+    /// Region id, for example cn-hangzhou (OSS) or us-east-1 (S3)
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Service endpoint URL, without the bucket (for example http://127.0.0.1:9000)
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// OSS: use the VPC-internal endpoint
+    #[arg(long)]
+    pub internal: bool,
+    /// S3: path-style addressing (http://host/bucket/key) instead of virtual-hosted style
+    #[arg(long)]
+    pub path_style: bool,
+    /// Send unsigned requests (public buckets)
+    #[arg(long)]
+    pub no_sign_request: bool,
+    /// Access key id (prefer the environment or the ossfs password file)
+    #[arg(long)]
+    pub access_key_id: Option<String>,
+    /// Access key secret
+    #[arg(long)]
+    pub secret_access_key: Option<String>,
+    /// STS session token
+    #[arg(long)]
+    pub session_token: Option<String>,
+    /// Resolve HOST to ADDR:PORT instead of using DNS, like curl's --resolve (repeatable)
+    #[arg(long, value_name = "HOST:ADDR:PORT", value_parser = parse_resolve)]
+    pub resolve: Vec<(String, SocketAddr)>,
+}
+
+fn parse_resolve(s: &str) -> Result<(String, SocketAddr), String> {
+    let (host, addr) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected HOST:ADDR:PORT"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("{s:?}: bad address {addr:?}: {e}"))?;
+    Ok((host.to_string(), addr))
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where to mount
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground and log to stderr
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Re-list the prefix at this interval and swap in the new tree (for example 10m)
+    #[arg(long, value_parser = parse_duration)]
+    pub refresh: Option<Duration>,
+    /// Entry and attribute TTL given to the kernel
+    #[arg(long, value_parser = parse_duration, default_value = "1d")]
+    pub metadata_ttl: Duration,
+    /// Mount options: allow_other, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// FUSE worker threads
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// Listings in flight when the prefix must be listed
+    #[arg(long, default_value_t = 16)]
+    pub list_concurrency: usize,
+    /// Log file of the daemon (default: ~/.local/state/pai-mount/<mountpoint>.log)
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Internal: the daemon reports readiness on this file descriptor
+    #[arg(long, hide = true)]
+    pub ready_fd: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    pub mountpoint: PathBuf,
+    /// Detach even if busy; the mount goes away when the last user leaves
+    #[arg(long)]
+    pub lazy: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// List the prefix once and write the manifest into the bucket (or to --output)
+    Build {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Write to this local file instead of the bucket
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Listings in flight
+        #[arg(long, default_value_t = 16)]
+        list_concurrency: usize,
+    },
+    /// Show a manifest: from the bucket, or a local file with --file
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Read this local manifest file instead of the bucket (SOURCE is then only a label)
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Objects in the sample dataset
+    #[arg(long, default_value_t = 300)]
+    pub objects: usize,
+    /// First-byte latency of the embedded server, in milliseconds
+    #[arg(long, default_value_t = 20)]
+    pub latency_ms: u64,
+    /// Mount point (default: a fresh temporary directory)
+    #[arg(long)]
+    pub mountpoint: Option<PathBuf>,
+}
+
+/// `90s`, `10m`, `2h`, `1d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 90s, 10m, 2h or 1d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn resolve_parses_host_and_socket_address() {
+        let (h, a) = parse_resolve("bkt.s3.test:127.0.0.1:9000").unwrap();
+        assert_eq!(h, "bkt.s3.test");
+        assert_eq!(a.port(), 9000);
+        assert!(parse_resolve("nohost").is_err());
+    }
+}

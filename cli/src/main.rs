@@ -1,0 +1,45 @@
+//! `pai-mount`: mount buckets, manage manifests, run the demo.
+
+mod args;
+mod demo;
+mod manifest_cmd;
+mod mount;
+mod store;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = args::Cli::parse();
+    let result = match cli.command {
+        args::Command::Mount(m) => mount::run(m),
+        args::Command::Unmount(u) => mount::unmount(u),
+        args::Command::Manifest(m) => manifest_cmd::run(m),
+        args::Command::Demo(d) => demo::run(d),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pai-mount: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; `PAI_MOUNT_LOG` sets the filter (default `info`).
+pub(crate) fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PAI_MOUNT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A multi-threaded runtime for one command.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pai-mount-io")
+        .build()?)
+}

@@ -1,0 +1,417 @@
+//! The fuser adapter: converts, calls the core, replies. The only module that knows fuser.
+//!
+//! Metadata callbacks answer inline (the core serves them from memory). Reads are spawned on
+//! the tokio runtime and reply from there, so a slow GET never holds a FUSE worker thread.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request, SessionACL,
+};
+use tokio::runtime::Handle;
+
+use crate::error::FsError;
+use crate::fs::{Attr, Fs};
+use crate::namespace::NodeKind;
+
+/// The kernel may read this much ahead of a sequential reader (bytes).
+const MAX_READAHEAD: u32 = 1 << 20;
+/// Requests the kernel may queue in the background (reads included).
+const MAX_BACKGROUND: u16 = 64;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let users other than the mounting one access the mount.
+    pub allow_other: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Shown as the mount's source in /proc/mounts.
+    pub fs_name: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self {
+            allow_other: false,
+            threads: 16,
+            fs_name: "pai-mount".into(),
+        }
+    }
+}
+
+/// The fuser `Filesystem` over our core.
+pub struct FuseAdapter {
+    fs: Arc<Fs>,
+    rt: Handle,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
+        Self { fs, rt }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn log_failure(op: &str, ino: u64, e: &FsError) {
+    if !e.is_quiet() {
+        tracing::warn!(op, ino, "{e}");
+    }
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    let kind = match a.kind {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind,
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn file_type(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+    }
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Parallel lookups in one directory, and readdirplus so that `ls -l` costs no lookups.
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if config.add_capabilities(flag).is_err() {
+                tracing::info!(?flag, "kernel does not offer this FUSE capability");
+            }
+        }
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            Ok(a) => reply.entry(&self.fs.config().ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => {
+                log_failure("lookup", parent.0, &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.fs.config().ttl, &to_fuse(&a)),
+            Err(e) => {
+                log_failure("getattr", ino.0, &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.fs.open(ino.0, write) {
+            // The content of an inode never changes (a changed object gets a new inode at the
+            // next refresh), so the kernel may keep its page cache across opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => {
+                log_failure("open", ino.0, &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => {
+                    tracing::error!(ino = ino.0, offset, size, "read failed: {e}");
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) if a.kind == NodeKind::Dir => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.fs.readdir(ino.0, offset, false, |e| {
+            reply.add(INodeNo(e.attr.ino), e.next_offset, file_type(e.attr.kind), e.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.fs.config().ttl;
+        let r = self.fs.readdir(ino.0, offset, true, |e| {
+            reply.add(
+                INodeNo(e.attr.ino),
+                e.next_offset,
+                e.name,
+                &ttl,
+                &to_fuse(&e.attr),
+                Generation(0),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.stats();
+        let blocks = s.bytes.div_ceil(4096);
+        reply.statfs(blocks, 0, 0, s.files, 0, 4096, 255, 4096);
+    }
+
+    // Everything that would change the bucket: read-only until write-back lands.
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+}
+
+/// Mounts `fs` at `mountpoint` and returns the session, not yet running.
+pub fn mount(
+    fs: Arc<Fs>,
+    rt: Handle,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> std::io::Result<fuser::Session<FuseAdapter>> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(options.fs_name.clone()),
+        MountOption::Subtype("pai-mount".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    fuser::Session::new(FuseAdapter::new(fs, rt), mountpoint, &config)
+}
+
+/// Runs a mounted session until it is unmounted (by `umount`, or by the returned unmounter).
+pub fn run(session: fuser::Session<FuseAdapter>) -> std::io::Result<()> {
+    session.run()
+}
+
+pub use fuser::SessionUnmounter;
+
+/// A mounted session over [`FuseAdapter`].
+pub type Session = fuser::Session<FuseAdapter>;
+
+/// A handle that unmounts the session from another thread (signal handling).
+pub fn unmounter(session: &mut fuser::Session<FuseAdapter>) -> SessionUnmounter {
+    session.unmount_callable()
+}

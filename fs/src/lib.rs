@@ -1,0 +1,24 @@
+//! pai-mount's filesystem core.
+//!
+//! - [`object`]: the object-store seam. Source URLs (`oss://`, `s3://`, `file://`), credentials,
+//!   ranged reads with a pinned ETag, and raw listings. The only module that knows `object_store`.
+//! - [`manifest`]: the versioned, checksummed on-disk index of keys, sizes, ETags and mtimes, and
+//!   its parallel builder.
+//! - [`namespace`]: the in-memory directory tree built from a manifest, compact enough for
+//!   tens of millions of objects.
+//! - [`fs`]: the filesystem core, synchronous metadata operations and async reads on inode
+//!   numbers and handles, testable without FUSE.
+//! - [`reader`]: the per-handle reader interface, and the ranged-GET reader behind it.
+//! - [`fuse`]: the `fuser` adapter, the only module that knows fuser types.
+//! - [`error`]: the filesystem errors and their errno mapping (the only place errno appears).
+//! - [`metrics`]: every metric name and counter.
+
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod manifest;
+pub mod metrics;
+pub mod mountpoint;
+pub mod namespace;
+pub mod object;
+pub mod reader;

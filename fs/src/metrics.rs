@@ -1,0 +1,59 @@
+//! Metrics: every name is a constant here, every counter a field of [`Metrics`].
+//!
+//! Counters are plain atomics, cheap enough for hot paths. They are logged through `tracing`
+//! at unmount and read directly by tests and benchmarks. An HTTP endpoint comes later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const LIST_REQUESTS: &str = "object.list_requests";
+pub const GET_REQUESTS: &str = "object.get_requests";
+pub const PUT_REQUESTS: &str = "object.put_requests";
+pub const GET_BYTES: &str = "object.get_bytes";
+pub const GET_ERRORS: &str = "object.get_errors";
+pub const FIRST_BYTE_MICROS: &str = "object.get_first_byte_micros_total";
+pub const READ_BYTES: &str = "fs.read_bytes";
+pub const LOOKUPS: &str = "fs.lookups";
+pub const STALE_READS: &str = "fs.stale_reads";
+
+/// Process-wide counters, shared through an `Arc`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub list_requests: AtomicU64,
+    pub get_requests: AtomicU64,
+    pub put_requests: AtomicU64,
+    pub get_bytes: AtomicU64,
+    pub get_errors: AtomicU64,
+    /// Sum of first-byte latencies of GETs, in microseconds (divide by `get_requests`).
+    pub first_byte_micros: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub lookups: AtomicU64,
+    pub stale_reads: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A snapshot of every counter with its name.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            (LIST_REQUESTS, g(&self.list_requests)),
+            (GET_REQUESTS, g(&self.get_requests)),
+            (PUT_REQUESTS, g(&self.put_requests)),
+            (GET_BYTES, g(&self.get_bytes)),
+            (GET_ERRORS, g(&self.get_errors)),
+            (FIRST_BYTE_MICROS, g(&self.first_byte_micros)),
+            (READ_BYTES, g(&self.read_bytes)),
+            (LOOKUPS, g(&self.lookups)),
+            (STALE_READS, g(&self.stale_reads)),
+        ]
+    }
+
+    pub fn log(&self) {
+        for (name, value) in self.snapshot() {
+            tracing::info!(metric = name, value, "metric");
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Raw listings: every key exactly as the store has it.
+//!
+//! [`S3Lister`] speaks ListObjectsV2 itself (signed with `object_store`'s SigV4 signer) and asks
+//! for `encoding-type=url`, so keys with control characters or odd segments survive intact.
+//! [`LocalLister`] walks a directory and keeps file names as raw bytes, invalid UTF-8 included.
+//! [`StoreLister`] lists through any `ObjectStore`, for in-memory tests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use super::SourceError;
+
+/// Keys per listing page; the S3 maximum.
+pub const PAGE_SIZE: usize = 1000;
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawObject {
+    /// The full key, as bytes.
+    pub key: Vec<u8>,
+    pub size: u64,
+    /// As the store sent it, quotes included.
+    pub etag: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<RawObject>,
+    /// Common prefixes (with a delimited listing), full keys ending in `/`.
+    pub prefixes: Vec<Vec<u8>>,
+    pub next: Option<String>,
+}
+
+/// Lists keys. `prefix` is a full key prefix; `delimited` groups by `/`.
+#[async_trait::async_trait]
+pub trait Lister: std::fmt::Debug + Send + Sync {
+    async fn list(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        token: Option<String>,
+    ) -> Result<ListPage, SourceError>;
+
+    /// Checks that the bucket answers: one listing of at most one key.
+    async fn probe(&self, prefix: &[u8]) -> Result<(), SourceError> {
+        self.list(prefix, true, None).await.map(|_| ())
+    }
+}
+
+/// Everything [`S3Lister`] needs.
+#[derive(Debug, Clone)]
+pub struct S3ListerConfig {
+    /// The bucket endpoint: `https://bucket.host` or `http://host/bucket`.
+    pub endpoint: String,
+    pub region: String,
+    pub client: reqwest::Client,
+    /// `None` sends unsigned requests.
+    pub credentials: Option<AwsCredentialProvider>,
+    pub bucket: String,
+}
+
+/// ListObjectsV2 over HTTP.
+#[derive(Debug)]
+pub struct S3Lister {
+    config: S3ListerConfig,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListBucketResult {
+    #[serde(default)]
+    contents: Vec<Contents>,
+    #[serde(default)]
+    common_prefixes: Vec<CommonPrefix>,
+    #[serde(default)]
+    is_truncated: bool,
+    next_continuation_token: Option<String>,
+    encoding_type: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Contents {
+    key: String,
+    size: u64,
+    #[serde(rename = "ETag")]
+    e_tag: Option<String>,
+    last_modified: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CommonPrefix {
+    prefix: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// Query-string encoding as SigV4 wants it: everything but unreserved characters.
+const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn enc(bytes: &[u8]) -> String {
+    percent_encoding::percent_encode(bytes, QUERY).to_string()
+}
+
+fn dec(s: &str, url: bool) -> Vec<u8> {
+    if url {
+        percent_encoding::percent_decode_str(s).collect()
+    } else {
+        s.as_bytes().to_vec()
+    }
+}
+
+impl S3Lister {
+    pub fn new(config: S3ListerConfig) -> Self {
+        Self { config }
+    }
+
+    async fn request(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        token: Option<&str>,
+        max_keys: usize,
+    ) -> Result<ListPage, SourceError> {
+        let what = || format!("bucket {} at {}", self.config.bucket, self.config.endpoint);
+        // Parameters in sorted order, as the canonical request wants them.
+        let mut query = String::new();
+        if let Some(t) = token {
+            query.push_str(&format!("continuation-token={}&", enc(t.as_bytes())));
+        }
+        if delimited {
+            query.push_str("delimiter=%2F&");
+        }
+        query.push_str("encoding-type=url&list-type=2");
+        query.push_str(&format!("&max-keys={max_keys}"));
+        query.push_str(&format!("&prefix={}", enc(prefix)));
+        let url = format!("{}/?{query}", self.config.endpoint.trim_end_matches('/'));
+        let mut request: object_store::client::HttpRequest = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(&url)
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| SourceError::Other {
+                what: what(),
+                why: format!("building a list request: {e}"),
+            })?;
+        if let Some(provider) = &self.config.credentials {
+            let credential = provider.get_credential().await.map_err(|e| SourceError::Denied {
+                what: what(),
+                why: e.to_string(),
+            })?;
+            AwsAuthorizer::new(&credential, "s3", &self.config.region)
+                .try_authorize(&mut request, None)
+                .map_err(|e| SourceError::Other {
+                    what: what(),
+                    why: format!("signing: {e}"),
+                })?;
+        }
+        let (parts, _) = request.into_parts();
+        let mut builder = self.config.client.get(&url);
+        for (name, value) in &parts.headers {
+            builder = builder.header(name, value);
+        }
+        let response = send_with_retry(builder, &what).await?;
+        let status = response.status();
+        let body: Bytes = response.bytes().await.map_err(|e| SourceError::Unreachable {
+            what: what(),
+            why: e.without_url().to_string(),
+        })?;
+        if !status.is_success() {
+            let err: Option<ErrorBody> = quick_xml::de::from_reader(body.as_ref()).ok();
+            let code = err.as_ref().and_then(|e| e.code.clone()).unwrap_or_default();
+            let message = err.and_then(|e| e.message).unwrap_or_default();
+            let why = format!("HTTP {status} {code} {message}").trim().to_string();
+            return Err(match (status.as_u16(), code.as_str()) {
+                (404, "NoSuchBucket") => SourceError::NoBucket {
+                    bucket: self.config.bucket.clone(),
+                },
+                (401 | 403, _) => SourceError::Denied { what: what(), why },
+                _ => SourceError::Other { what: what(), why },
+            });
+        }
+        let parsed: ListBucketResult =
+            quick_xml::de::from_reader(body.as_ref()).map_err(|e| SourceError::Other {
+                what: what(),
+                why: format!("unparseable listing: {e}"),
+            })?;
+        let url_encoded = parsed.encoding_type.as_deref() == Some("url");
+        let objects = parsed
+            .contents
+            .into_iter()
+            .map(|c| RawObject {
+                key: dec(&c.key, url_encoded),
+                size: c.size,
+                etag: c.e_tag.filter(|e| !e.is_empty()),
+                mtime_ms: c
+                    .last_modified
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                    .map_or(0, |t| t.timestamp_millis()),
+            })
+            .collect();
+        let prefixes = parsed
+            .common_prefixes
+            .into_iter()
+            .map(|p| dec(&p.prefix, url_encoded))
+            .collect();
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next: parsed
+                .is_truncated
+                .then_some(parsed.next_continuation_token)
+                .flatten(),
+        })
+    }
+}
+
+/// Retries listing requests on connection errors and 5xx/throttling answers, with backoff.
+async fn send_with_retry(
+    builder: reqwest::RequestBuilder,
+    what: &(dyn Fn() -> String + Sync),
+) -> Result<reqwest::Response, SourceError> {
+    const ATTEMPTS: u32 = 6;
+    let mut delay = std::time::Duration::from_millis(100);
+    for attempt in 1..=ATTEMPTS {
+        let b = builder.try_clone().expect("list requests have no streaming body");
+        match b.send().await {
+            Ok(r) if (r.status().is_server_error() || r.status() == 429) && attempt < ATTEMPTS => {
+                tracing::warn!(status = %r.status(), attempt, "listing answered an error, retrying");
+            }
+            Ok(r) => return Ok(r),
+            Err(e) if attempt < ATTEMPTS && !e.is_builder() => {
+                tracing::warn!(attempt, "listing request failed, retrying: {}", e.without_url());
+            }
+            Err(e) => {
+                return Err(SourceError::Unreachable {
+                    what: what(),
+                    why: e.without_url().to_string(),
+                })
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+    unreachable!("the last attempt returns")
+}
+
+#[async_trait::async_trait]
+impl Lister for S3Lister {
+    async fn list(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        token: Option<String>,
+    ) -> Result<ListPage, SourceError> {
+        self.request(prefix, delimited, token.as_deref(), PAGE_SIZE).await
+    }
+
+    async fn probe(&self, prefix: &[u8]) -> Result<(), SourceError> {
+        self.request(prefix, true, None, 1).await.map(|_| ())
+    }
+}
+
+/// Lists a local directory. Pages are whole directories: the token is the next directory to
+/// read, so a delimited listing is one `read_dir` per call.
+#[derive(Debug)]
+pub struct LocalLister {
+    root: PathBuf,
+}
+
+impl LocalLister {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+}
+
+fn etag_of(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    // The same scheme object_store's LocalFileSystem uses, so If-Match works against it.
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    format!("\"{:x}-{:x}-{:x}\"", meta.ino(), mtime, meta.len())
+}
+
+#[async_trait::async_trait]
+impl Lister for LocalLister {
+    async fn list(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        token: Option<String>,
+    ) -> Result<ListPage, SourceError> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let root = self.root.clone();
+        let prefix = prefix.to_vec();
+        let work = move || -> Result<ListPage, SourceError> {
+            // The directory part of the prefix, and a name filter for the rest.
+            let split = prefix.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+            let (dir_part, name_part) = prefix.split_at(split);
+            let mut page = ListPage::default();
+            let mut stack = vec![dir_part.to_vec()];
+            let _ = token; // whole listings fit in one page
+            while let Some(dir) = stack.pop() {
+                let path = root.join(std::ffi::OsStr::from_bytes(&dir));
+                let entries = match std::fs::read_dir(&path) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(SourceError::Other {
+                            what: path.display().to_string(),
+                            why: e.to_string(),
+                        })
+                    }
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| SourceError::Other {
+                        what: path.display().to_string(),
+                        why: e.to_string(),
+                    })?;
+                    let name = entry.file_name().into_vec();
+                    if dir == dir_part && !name.starts_with(name_part) {
+                        continue;
+                    }
+                    let mut key = dir.clone();
+                    key.extend_from_slice(&name);
+                    let Ok(meta) = std::fs::metadata(entry.path()) else {
+                        continue; // vanished, or a dangling link
+                    };
+                    if meta.is_dir() {
+                        key.push(b'/');
+                        if delimited {
+                            page.prefixes.push(key);
+                        } else {
+                            stack.push(key);
+                        }
+                    } else if meta.is_file() {
+                        let mtime_ms = meta
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_millis() as i64);
+                        page.objects.push(RawObject {
+                            key,
+                            size: meta.len(),
+                            etag: Some(etag_of(&meta)),
+                            mtime_ms,
+                        });
+                    }
+                }
+            }
+            page.objects.sort_by(|a, b| a.key.cmp(&b.key));
+            page.prefixes.sort();
+            Ok(page)
+        };
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| SourceError::Other {
+                what: "listing".into(),
+                why: e.to_string(),
+            })?
+    }
+}
+
+/// Lists through an `ObjectStore` (keys must be valid paths there). For tests.
+#[derive(Debug)]
+pub struct StoreLister {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl StoreLister {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait::async_trait]
+impl Lister for StoreLister {
+    async fn list(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        _token: Option<String>,
+    ) -> Result<ListPage, SourceError> {
+        let other = |e: object_store::Error| SourceError::Other {
+            what: "listing".into(),
+            why: e.to_string(),
+        };
+        let p = std::str::from_utf8(prefix).map_err(|e| SourceError::Other {
+            what: "listing".into(),
+            why: e.to_string(),
+        })?;
+        let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+        let path = (!dir.is_empty()).then(|| Path::from(dir));
+        let to_raw = |m: object_store::ObjectMeta| RawObject {
+            key: m.location.as_ref().as_bytes().to_vec(),
+            size: m.size,
+            etag: m.e_tag,
+            mtime_ms: m.last_modified.timestamp_millis(),
+        };
+        let mut page = ListPage::default();
+        if delimited {
+            let r = self.store.list_with_delimiter(path.as_ref()).await.map_err(other)?;
+            page.objects = r.objects.into_iter().map(to_raw).collect();
+            page.prefixes = r
+                .common_prefixes
+                .into_iter()
+                .map(|p| format!("{}/", p.as_ref()).into_bytes())
+                .collect();
+        } else {
+            let all: Vec<_> = self.store.list(path.as_ref()).try_collect().await.map_err(other)?;
+            page.objects = all.into_iter().map(to_raw).collect();
+        }
+        page.objects.retain(|o| o.key.starts_with(prefix));
+        page.prefixes.retain(|k| k.starts_with(prefix));
+        page.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(page)
+    }
+}

@@ -1,0 +1,278 @@
+//! The object-store seam: the only module that knows `object_store`.
+//!
+//! A [`Source`] names a bucket and prefix (`oss://`, `s3://` or `file://`); [`ObjectSource`]
+//! connects to it and offers the three things the rest of the crate needs:
+//! - ranged reads pinned to an ETag ([`ObjectSource::get_range`]), which never return bytes of
+//!   another version of the object;
+//! - raw listings ([`ObjectSource::list_page`]), which keep every key as the store spelled it,
+//!   including keys that are not valid paths, so the namespace can count and skip them;
+//! - whole-object get and put for the manifest.
+//!
+//! Listing goes through our own ListObjectsV2 client ([`list`]) rather than `object_store`'s,
+//! because `object_store` rejects a whole listing page when one key has an empty segment or a
+//! `.`/`..` segment, and it folds `dir/` markers into `dir`.
+
+pub mod credentials;
+pub mod list;
+mod source;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+
+pub use list::{ListPage, Lister, RawObject};
+pub use source::{Source, SourceKind, StoreOptions};
+
+use crate::metrics::Metrics;
+
+/// Why a read of object bytes failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("object {key} changed since the manifest was built (pinned etag {pinned})")]
+    Changed { key: String, pinned: String },
+    #[error("object {key} was deleted since the manifest was built")]
+    Gone { key: String },
+    #[error("short read of {key}: wanted {wanted} bytes, got {got}")]
+    Short { key: String, wanted: u64, got: u64 },
+    #[error("reading {key}: {source}")]
+    Store {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Errors that stop a source from being used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("bad source URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("bad option: {0}")]
+    BadOption(String),
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialError),
+    #[error("cannot reach {what}: {why}")]
+    Unreachable { what: String, why: String },
+    #[error("access denied to {what}: {why}")]
+    Denied { what: String, why: String },
+    #[error("bucket {bucket} does not exist")]
+    NoBucket { bucket: String },
+    #[error("{what}: {why}")]
+    Other { what: String, why: String },
+}
+
+/// How many times a read whose body failed half-way is retried from the start of its range.
+/// `object_store` already retries failed requests; this covers bodies cut mid-transfer.
+const BODY_RETRIES: u32 = 3;
+
+/// A connected source: an object store, a lister, and where the prefix is.
+#[derive(Debug, Clone)]
+pub struct ObjectSource {
+    source: Source,
+    store: Arc<dyn ObjectStore>,
+    lister: Arc<dyn Lister>,
+    metrics: Arc<Metrics>,
+}
+
+impl ObjectSource {
+    /// Connects to `source`: resolves credentials and builds clients. Makes no request.
+    pub async fn connect(
+        source: Source,
+        options: &StoreOptions,
+        env: &dyn credentials::Env,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SourceError> {
+        let (store, lister) = source::build(&source, options, env).await?;
+        Ok(Self {
+            source,
+            store,
+            lister,
+            metrics,
+        })
+    }
+
+    /// A source over any store, listed through `object_store` itself (tests and in-memory use).
+    pub fn from_store(source: Source, store: Arc<dyn ObjectStore>, metrics: Arc<Metrics>) -> Self {
+        let lister = Arc::new(list::StoreLister::new(store.clone()));
+        Self {
+            source,
+            store,
+            lister,
+            metrics,
+        }
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The full key of `rel`, a key relative to the prefix.
+    pub fn full_key(&self, rel: &str) -> String {
+        format!("{}{}", self.source.prefix, rel)
+    }
+
+    fn path(&self, rel: &str) -> Result<Path, ReadError> {
+        let key = self.full_key(rel);
+        Path::parse(&key).map_err(|e| ReadError::Store {
+            key,
+            source: Box::new(e),
+        })
+    }
+
+    /// Reads `range` of the object `rel`, pinned to `etag` and the expected total `size`.
+    ///
+    /// The request carries `If-Match` when an etag is known; the response's etag and total size
+    /// are checked as well, for servers that ignore `If-Match`. A mismatch is
+    /// [`ReadError::Changed`]; a missing object is [`ReadError::Gone`]. Never returns bytes of
+    /// another version, and never fewer bytes than asked for within the object.
+    pub async fn get_range(
+        &self,
+        rel: &str,
+        range: Range<u64>,
+        etag: Option<&str>,
+        size: u64,
+    ) -> Result<Bytes, ReadError> {
+        let path = self.path(rel)?;
+        let wanted = range.end - range.start;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let options = GetOptions {
+                if_match: etag.map(str::to_string),
+                range: Some(GetRange::Bounded(range.clone())),
+                ..Default::default()
+            };
+            Metrics::add(&self.metrics.get_requests, 1);
+            let started = Instant::now();
+            let result = match self.store.get_opts(&path, options).await {
+                Ok(r) => r,
+                Err(e) => {
+                    Metrics::add(&self.metrics.get_errors, 1);
+                    return Err(self.map_error(rel, etag, e));
+                }
+            };
+            Metrics::add(
+                &self.metrics.first_byte_micros,
+                started.elapsed().as_micros() as u64,
+            );
+            if let (Some(pinned), Some(got)) = (etag, result.meta.e_tag.as_deref()) {
+                if pinned != got {
+                    return Err(ReadError::Changed {
+                        key: self.full_key(rel),
+                        pinned: pinned.to_string(),
+                    });
+                }
+            }
+            if result.meta.size != size {
+                return Err(ReadError::Changed {
+                    key: self.full_key(rel),
+                    pinned: etag.unwrap_or("(size only)").to_string(),
+                });
+            }
+            match result.bytes().await {
+                Ok(bytes) if bytes.len() as u64 == wanted => {
+                    Metrics::add(&self.metrics.get_bytes, wanted);
+                    return Ok(bytes);
+                }
+                Ok(bytes) => {
+                    return Err(ReadError::Short {
+                        key: self.full_key(rel),
+                        wanted,
+                        got: bytes.len() as u64,
+                    })
+                }
+                Err(e) if attempt <= BODY_RETRIES => {
+                    Metrics::add(&self.metrics.get_errors, 1);
+                    tracing::warn!(key = %self.full_key(rel), attempt, "body of ranged GET failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    Metrics::add(&self.metrics.get_errors, 1);
+                    return Err(self.map_error(rel, etag, e));
+                }
+            }
+        }
+    }
+
+    fn map_error(&self, rel: &str, etag: Option<&str>, e: object_store::Error) -> ReadError {
+        let key = self.full_key(rel);
+        match e {
+            object_store::Error::Precondition { .. } => ReadError::Changed {
+                key,
+                pinned: etag.unwrap_or_default().to_string(),
+            },
+            object_store::Error::NotFound { ref source, .. } => {
+                tracing::debug!("not found: {source}");
+                ReadError::Gone { key }
+            }
+            other => ReadError::Store {
+                key,
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// Reads a whole object by its key relative to the prefix; `None` if it does not exist.
+    pub async fn get_all(&self, rel: &str) -> Result<Option<Bytes>, SourceError> {
+        let path = Path::parse(self.full_key(rel)).map_err(|e| self.other(rel, e))?;
+        Metrics::add(&self.metrics.get_requests, 1);
+        match self.store.get(&path).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.classify(rel, e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.classify(rel, e)),
+        }
+    }
+
+    /// Writes a whole object by its key relative to the prefix.
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), SourceError> {
+        let path = Path::parse(self.full_key(rel)).map_err(|e| self.other(rel, e))?;
+        Metrics::add(&self.metrics.put_requests, 1);
+        self.store
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify(rel, e))
+    }
+
+    /// One page of a listing under `prefix` (a full key prefix, not relative).
+    pub async fn list_page(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        token: Option<String>,
+    ) -> Result<ListPage, SourceError> {
+        Metrics::add(&self.metrics.list_requests, 1);
+        self.lister.list(prefix, delimited, token).await
+    }
+
+    /// Checks that the bucket answers and the credentials are accepted, with one small listing.
+    pub async fn probe(&self) -> Result<(), SourceError> {
+        let prefix = self.source.prefix.as_bytes().to_vec();
+        self.lister.probe(&prefix).await
+    }
+
+    fn other(&self, rel: &str, e: impl std::fmt::Display) -> SourceError {
+        SourceError::Other {
+            what: self.full_key(rel),
+            why: e.to_string(),
+        }
+    }
+
+    fn classify(&self, rel: &str, e: object_store::Error) -> SourceError {
+        let what = format!("{}/{}", self.source.display_root(), rel);
+        let why = e.to_string();
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => SourceError::Denied { what, why },
+            _ => SourceError::Other { what, why },
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The object seam against the real S3-protocol test server on loopback (SigV4 over HTTP).
+
+use std::sync::Arc;
+
+use pai_mount_fs::metrics::Metrics;
+use pai_mount_fs::object::credentials::{CredentialFlags, Env};
+use pai_mount_fs::object::{ObjectSource, ReadError, Source, SourceError, StoreOptions};
+use pai_test_s3::{ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
+
+struct NoEnv;
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn home(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    fn etc(&self) -> std::path::PathBuf {
+        "/nonexistent".into()
+    }
+}
+
+fn creds() -> CredentialFlags {
+    CredentialFlags {
+        access_key_id: Some(DEFAULT_ACCESS_KEY.into()),
+        secret_access_key: Some(DEFAULT_SECRET_KEY.into()),
+        session_token: None,
+    }
+}
+
+async fn connect(server: &TestServer, url: &str, path_style: bool) -> ObjectSource {
+    let mut options = StoreOptions {
+        credentials: creds(),
+        path_style,
+        ..Default::default()
+    };
+    if path_style {
+        options.endpoint = Some(server.endpoint());
+    } else {
+        options.endpoint = Some(format!("http://s3.test:{}", server.addr().port()));
+        let bucket = Source::parse(url).unwrap().bucket;
+        options.resolve = vec![(format!("{bucket}.s3.test"), server.addr())];
+    }
+    ObjectSource::connect(
+        Source::parse(url).unwrap(),
+        &options,
+        &NoEnv,
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn ranged_reads_return_exact_bytes_path_and_virtual_hosted() {
+    let server = TestServer::start(ServerConfig::default()).await.unwrap();
+    server.backend().create_bucket("bkt");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let etag = format!(
+        "\"{}\"",
+        server.backend().put("bkt", "p/x/file.bin", data.clone())
+    );
+    for path_style in [true, false] {
+        let s = connect(&server, "s3://bkt/p", path_style).await;
+        s.probe().await.unwrap();
+        let got = s
+            .get_range("x/file.bin", 10..5000, Some(&etag), 100_000)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[10..5000]);
+        let got = s
+            .get_range("x/file.bin", 99_990..100_000, Some(&etag), 100_000)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[99_990..]);
+    }
+}
+
+#[tokio::test]
+async fn changed_and_deleted_objects_are_errors_not_bytes() {
+    let server = TestServer::start(ServerConfig::default()).await.unwrap();
+    server.backend().create_bucket("bkt");
+    let old = format!("\"{}\"", server.backend().put("bkt", "a", vec![1u8; 1000]));
+    server.backend().put("bkt", "a", vec![2u8; 1000]);
+    let s = connect(&server, "s3://bkt", true).await;
+    let err = s.get_range("a", 0..10, Some(&old), 1000).await.unwrap_err();
+    assert!(matches!(err, ReadError::Changed { .. }), "{err}");
+    // Same etag pinned but a different size than the manifest says: also a change.
+    let new = format!("\"{}\"", server.backend().get("bkt", "a").unwrap().etag);
+    let err = s.get_range("a", 0..10, Some(&new), 999).await.unwrap_err();
+    assert!(matches!(err, ReadError::Changed { .. }), "{err}");
+    server.backend().delete("bkt", "a");
+    let err = s.get_range("a", 0..10, Some(&new), 1000).await.unwrap_err();
+    assert!(matches!(err, ReadError::Gone { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn transient_503s_and_cut_bodies_are_retried() {
+    let server = TestServer::start(ServerConfig::default()).await.unwrap();
+    server.backend().create_bucket("bkt");
+    let data = vec![7u8; 300_000];
+    let etag = format!("\"{}\"", server.backend().put("bkt", "k", data.clone()));
+    let s = connect(&server, "s3://bkt", true).await;
+    server.backend().faults.fail_next(2);
+    let got = s
+        .get_range("k", 0..300_000, Some(&etag), 300_000)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 300_000);
+    server.backend().faults.cut_next_gets(1, 1000);
+    let got = s
+        .get_range("k", 0..300_000, Some(&etag), 300_000)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[..]);
+}
+
+#[tokio::test]
+async fn wrong_secret_and_missing_bucket_are_clear_errors() {
+    let server = TestServer::start(ServerConfig::default()).await.unwrap();
+    server.backend().create_bucket("bkt");
+    let mut options = StoreOptions {
+        credentials: creds(),
+        path_style: true,
+        endpoint: Some(server.endpoint()),
+        ..Default::default()
+    };
+    options.credentials.secret_access_key = Some("wrong".into());
+    let s = ObjectSource::connect(
+        Source::parse("s3://bkt").unwrap(),
+        &options,
+        &NoEnv,
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap();
+    let err = s.probe().await.unwrap_err();
+    assert!(matches!(err, SourceError::Denied { .. }), "{err}");
+    options.credentials = creds();
+    let s = ObjectSource::connect(
+        Source::parse("s3://nope").unwrap(),
+        &options,
+        &NoEnv,
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap();
+    let err = s.probe().await.unwrap_err();
+    assert!(matches!(err, SourceError::NoBucket { .. }), "{err}");
+    // Nothing listens on this port.
+    options.endpoint = Some("http://127.0.0.1:9".into());
+    let s = ObjectSource::connect(
+        Source::parse("s3://bkt").unwrap(),
+        &options,
+        &NoEnv,
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap();
+    let err = s.probe().await.unwrap_err();
+    assert!(matches!(err, SourceError::Unreachable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn missing_credentials_name_everything_tried() {
+    let options = StoreOptions::default();
+    let err = ObjectSource::connect(
+        Source::parse("s3://bkt").unwrap(),
+        &options,
+        &NoEnv,
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no credentials for s3://bkt"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}

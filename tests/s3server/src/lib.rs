@@ -1,0 +1,197 @@
+//! An in-memory S3-protocol server for tests and benchmarks.
+//!
+//! Built on the `s3s` crate, so requests are parsed and SigV4-verified by a real protocol
+//! implementation, while the storage backend is ours. That backend avoids the quirks of stock
+//! `s3s-fs` that distort tests and benchmarks: GET bodies are served as large zero-copy slices,
+//! listings carry ETags, a missing key is always `404 NoSuchKey`, `If-Match` is honoured with
+//! `412`, any byte string is a valid key, and `TCP_NODELAY` is set on every connection.
+//!
+//! Two knobs make it useful beyond protocol conformance:
+//! - **latency**: every request waits `latency` before its response starts, which models the
+//!   10-30 ms first-byte latency of production object stores;
+//! - **faults**: the next N requests of a kind answer `503 SlowDown`, or GET bodies are cut
+//!   after a number of bytes, which models a connection reset mid-transfer.
+//!
+//! Virtual-hosted addressing: a `Host` of `<bucket>.<domain>` (domain `s3.test` by default)
+//! selects the bucket; any other host is path-style.
+
+mod backend;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use backend::{Faults, Memory, OpCounters, StoredObject};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use s3s::auth::SimpleAuth;
+use s3s::host::{S3Host, VirtualHost};
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The access key every test server accepts unless configured otherwise.
+pub const DEFAULT_ACCESS_KEY: &str = "pai-test-access-key";
+/// The secret key every test server accepts unless configured otherwise.
+pub const DEFAULT_SECRET_KEY: &str = "pai-test-secret-key";
+/// The base domain for virtual-hosted-style requests.
+pub const DEFAULT_DOMAIN: &str = "s3.test";
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub access_key: String,
+    pub secret_key: String,
+    pub domain: String,
+    /// Added before every response starts (first-byte latency).
+    pub latency: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            access_key: DEFAULT_ACCESS_KEY.into(),
+            secret_key: DEFAULT_SECRET_KEY.into(),
+            domain: DEFAULT_DOMAIN.into(),
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// A running server. Dropping it stops accepting connections.
+pub struct TestServer {
+    addr: SocketAddr,
+    config: ServerConfig,
+    backend: Arc<Memory>,
+    stop: watch::Sender<bool>,
+}
+
+impl TestServer {
+    /// Starts a server on the current tokio runtime.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        let backend = Arc::new(Memory::new(config.latency));
+        let listener = TcpListener::bind(config.bind).await?;
+        let addr = listener.local_addr()?;
+        let mut builder = S3ServiceBuilder::new(backend::Service::from(backend.clone()));
+        builder.set_auth(SimpleAuth::from_single(
+            config.access_key.clone(),
+            config.secret_key.clone(),
+        ));
+        builder.set_host(Host {
+            domain: config.domain.clone(),
+        });
+        let service = builder.build();
+        let (stop, mut stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            continue;
+                        }
+                    },
+                    _ = stopped.changed() => return,
+                };
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            config,
+            backend,
+            stop,
+        })
+    }
+
+    /// Starts a server on a runtime of its own, for synchronous tests and benchmarks.
+    pub fn start_background(config: ServerConfig) -> anyhow::Result<BackgroundServer> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("s3-test-server")
+            .enable_all()
+            .build()?;
+        let server = runtime.block_on(Self::start(config))?;
+        Ok(BackgroundServer {
+            server: Some(server),
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, for path-style clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The storage behind the server: put objects, read them back, count requests, inject faults.
+    pub fn backend(&self) -> &Arc<Memory> {
+        &self.backend
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A [`TestServer`] with its own runtime.
+pub struct BackgroundServer {
+    server: Option<TestServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::ops::Deref for BackgroundServer {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        self.server.as_ref().expect("server is alive until drop")
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Virtual-hosted style for `<bucket>.<domain>[:port]`, path style for everything else.
+#[derive(Debug)]
+struct Host {
+    domain: String,
+}
+
+impl S3Host for Host {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<VirtualHost<'a>> {
+        let name = host.rsplit_once(':').map_or(host, |(h, _port)| h);
+        if let Some(bucket) = name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|h| h.strip_suffix('.'))
+        {
+            if !bucket.is_empty() {
+                return Ok(VirtualHost::new(host).with_bucket(bucket));
+            }
+        }
+        Ok(VirtualHost::new(host))
+    }
+}
