@@ -114,8 +114,10 @@ fn daemonize(a: &MountArgs) -> anyhow::Result<()> {
     args.push("--foreground".into());
     args.push("--ready-fd".into());
     args.push(fds[1].to_string().into());
-    args.push("--log-file".into());
-    args.push(log.clone().into());
+    if a.log_file.is_none() {
+        args.push("--log-file".into());
+        args.push(log.clone().into());
+    }
     let child = std::process::Command::new(exe)
         .args(&args)
         .stdin(std::process::Stdio::null())

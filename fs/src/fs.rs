@@ -261,7 +261,9 @@ impl Fs {
         let release = |snap: &Snapshot| {
             let _ = snap
                 .lookups
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(n))
+                });
         };
         if s.current.generation == generation {
             release(&s.current);
@@ -372,7 +374,8 @@ impl Fs {
             Err(e) => {
                 if matches!(
                     e,
-                    crate::object::ReadError::Changed { .. } | crate::object::ReadError::Gone { .. }
+                    crate::object::ReadError::Changed { .. }
+                        | crate::object::ReadError::Gone { .. }
                 ) {
                     Metrics::add(&self.metrics.stale_reads, 1);
                 }

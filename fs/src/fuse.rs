@@ -220,7 +220,12 @@ impl fuser::Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let r = self.fs.readdir(ino.0, offset, false, |e| {
-            reply.add(INodeNo(e.attr.ino), e.next_offset, file_type(e.attr.kind), e.name)
+            reply.add(
+                INodeNo(e.attr.ino),
+                e.next_offset,
+                file_type(e.attr.kind),
+                e.name,
+            )
         });
         match r {
             Ok(()) => reply.ok(),

@@ -70,7 +70,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -111,11 +114,19 @@ pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
             .arg(arg)
             .arg(path)
             .status()
-            .or_else(|_| std::process::Command::new("fusermount").arg(arg).arg(path).status())?;
+            .or_else(|_| {
+                std::process::Command::new("fusermount")
+                    .arg(arg)
+                    .arg(path)
+                    .status()
+            })?;
         return if status.success() {
             Ok(())
         } else {
-            Err(io::Error::other(format!("fusermount {arg} {} failed", path.display())))
+            Err(io::Error::other(format!(
+                "fusermount {arg} {} failed",
+                path.display()
+            )))
         };
     }
     Err(err)

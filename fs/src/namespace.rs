@@ -195,7 +195,11 @@ impl Builder {
     /// directory marker.
     pub fn push(&mut self, key: &[u8], size: u64, mtime_ms: i64, etag: Etag) {
         let is_marker = key.ends_with(b"/");
-        let body = if is_marker { &key[..key.len() - 1] } else { key };
+        let body = if is_marker {
+            &key[..key.len() - 1]
+        } else {
+            key
+        };
         if body.is_empty() {
             return; // the prefix's own marker
         }

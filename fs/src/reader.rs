@@ -48,7 +48,12 @@ impl ObjectReader for RangeReader {
         }
         let end = size.min(offset + u64::from(len));
         self.source
-            .get_range(&self.object.key, offset..end, self.object.etag.as_deref(), size)
+            .get_range(
+                &self.object.key,
+                offset..end,
+                self.object.etag.as_deref(),
+                size,
+            )
             .await
     }
 }

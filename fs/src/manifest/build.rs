@@ -52,14 +52,18 @@ pub async fn build(
     let reserved = format!("{RESERVED_DIR}/").into_bytes();
     loop {
         while tasks.len() < options.concurrency.max(1) {
-            let Some((prefix, token)) = queue.pop_front() else { break };
+            let Some((prefix, token)) = queue.pop_front() else {
+                break;
+            };
             let s = source.clone();
             tasks.spawn(async move {
                 let page = s.list_page(&prefix, true, token).await?;
                 Ok((prefix, page))
             });
         }
-        let Some(done) = tasks.join_next().await else { break };
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
         let (prefix, page) = done.map_err(|e| SourceError::Other {
             what: "listing".into(),
             why: e.to_string(),
@@ -75,7 +79,9 @@ pub async fn build(
             }
         }
         for o in page.objects {
-            let Some(rel) = o.key.strip_prefix(root.as_slice()) else { continue };
+            let Some(rel) = o.key.strip_prefix(root.as_slice()) else {
+                continue;
+            };
             if rel.is_empty() || rel.starts_with(&reserved) {
                 continue;
             }
@@ -138,7 +144,9 @@ pub async fn load_or_list(
             super::MANIFEST_KEY
         ),
     };
-    tracing::warn!("{why}; listing the prefix instead (run `pai-mount manifest build` to skip this)");
+    tracing::warn!(
+        "{why}; listing the prefix instead (run `pai-mount manifest build` to skip this)"
+    );
     let (header, entries) = build(source, options, &BuildProgress::default()).await?;
     let ns = crate::namespace::Namespace::from_entries(&entries, header.built_at_ms);
     Ok((ns, Origin::Listed { header, why }))

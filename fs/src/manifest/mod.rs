@@ -59,10 +59,12 @@ impl Etag {
         let s = raw.trim_matches('"');
         let md5 = |h: &str| -> Option<[u8; 16]> {
             let mut out = [0u8; 16];
-            (h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-                .then(|| hex::decode_to_slice(h, &mut out).ok())
-                .flatten()
-                .map(|_| out)
+            (h.len() == 32
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| hex::decode_to_slice(h, &mut out).ok())
+            .flatten()
+            .map(|_| out)
         };
         if let Some(m) = md5(s) {
             return Etag::Md5(m);
@@ -162,7 +164,9 @@ fn unzigzag(v: u64) -> i64 {
 
 /// Encodes a manifest. `entries` must be in [`tree_cmp`] order without duplicates.
 pub fn encode(header: &Header, entries: &[Entry]) -> Vec<u8> {
-    debug_assert!(entries.windows(2).all(|w| tree_cmp(&w[0].key, &w[1].key).is_lt()));
+    debug_assert!(entries
+        .windows(2)
+        .all(|w| tree_cmp(&w[0].key, &w[1].key).is_lt()));
     let header_json = serde_json::to_vec(header).expect("header serializes");
     let mut out = Vec::with_capacity(64 + header_json.len() + entries.len() * 40);
     out.extend_from_slice(MAGIC);
@@ -171,7 +175,11 @@ pub fn encode(header: &Header, entries: &[Entry]) -> Vec<u8> {
     out.extend_from_slice(&header_json);
     let mut prev: &[u8] = &[];
     for e in entries {
-        let shared = prev.iter().zip(e.key.iter()).take_while(|(a, b)| a == b).count();
+        let shared = prev
+            .iter()
+            .zip(e.key.iter())
+            .take_while(|(a, b)| a == b)
+            .count();
         put_varint(&mut out, shared as u64);
         put_varint(&mut out, (e.key.len() - shared) as u64);
         out.extend_from_slice(&e.key[shared..]);
@@ -245,10 +253,7 @@ impl<'a> Manifest<'a> {
     }
 
     /// Decodes the entries in order. Each item borrows a key buffer that the next item reuses.
-    pub fn for_each(
-        &self,
-        mut f: impl FnMut(&[u8], u64, i64, Etag),
-    ) -> Result<(), ManifestError> {
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], u64, i64, Etag)) -> Result<(), ManifestError> {
         let mut pos = 0usize;
         let body = self.body;
         let mut key: Vec<u8> = Vec::with_capacity(256);
@@ -289,7 +294,9 @@ impl<'a> Manifest<'a> {
             let kind = *body.get(pos).ok_or_else(|| bad("truncated etag"))?;
             pos += 1;
             let md5 = |pos: &mut usize| -> Result<[u8; 16], ManifestError> {
-                let s = body.get(*pos..*pos + 16).ok_or_else(|| bad("truncated etag"))?;
+                let s = body
+                    .get(*pos..*pos + 16)
+                    .ok_or_else(|| bad("truncated etag"))?;
                 *pos += 16;
                 Ok(s.try_into().unwrap())
             };

@@ -30,9 +30,18 @@ pub struct CredentialFlags {
 impl std::fmt::Debug for CredentialFlags {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CredentialFlags")
-            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<set>"))
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -78,7 +87,9 @@ pub enum CredentialError {
     Missing { url: String, tried: Vec<String> },
     #[error("{what} is set but {missing} is not")]
     Incomplete { what: String, missing: String },
-    #[error("refusing {path}: it is readable by group or others (mode {mode:o}); run chmod 600 {path}")]
+    #[error(
+        "refusing {path}: it is readable by group or others (mode {mode:o}); run chmod 600 {path}"
+    )]
     InsecureFile { path: String, mode: u32 },
     #[error("{path}: {why}")]
     BadFile { path: String, why: String },
@@ -122,7 +133,10 @@ fn from_env(
 }
 
 /// Reads an ossfs password file: lines `bucket:AK:SK` or `AK:SK`; a bucket line wins.
-pub fn read_passwd_file(path: &Path, bucket: &str) -> Result<Option<AwsCredential>, CredentialError> {
+pub fn read_passwd_file(
+    path: &Path,
+    bucket: &str,
+) -> Result<Option<AwsCredential>, CredentialError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -179,9 +193,8 @@ pub async fn resolve(
     env: &dyn Env,
     http: &reqwest::Client,
 ) -> Result<AwsCredentialProvider, CredentialError> {
-    let fixed = |c: AwsCredential| -> AwsCredentialProvider {
-        Arc::new(StaticCredentialProvider::new(c))
-    };
+    let fixed =
+        |c: AwsCredential| -> AwsCredentialProvider { Arc::new(StaticCredentialProvider::new(c)) };
     let mut tried = vec!["--access-key-id/--secret-access-key".to_string()];
     if let Some(c) = pair(
         "--access-key-id",
@@ -195,7 +208,12 @@ pub async fn resolve(
     }
     if source.kind == SourceKind::S3 {
         tried.push("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".into());
-        if let Some(c) = from_env(env, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")? {
+        if let Some(c) = from_env(
+            env,
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        )? {
             return Ok(fixed(c));
         }
         return Err(CredentialError::Missing {
@@ -204,7 +222,11 @@ pub async fn resolve(
         });
     }
     for (id, secret, token) in [
-        ("OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET", "OSS_SESSION_TOKEN"),
+        (
+            "OSS_ACCESS_KEY_ID",
+            "OSS_ACCESS_KEY_SECRET",
+            "OSS_SESSION_TOKEN",
+        ),
         (
             "ALIBABA_CLOUD_ACCESS_KEY_ID",
             "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
@@ -335,7 +357,10 @@ impl EcsRoleProvider {
         let r: RoleResponse =
             serde_json::from_str(&body).map_err(|e| format!("role {role}: bad response: {e}"))?;
         if r.code.as_deref().is_some_and(|c| c != "Success") {
-            return Err(format!("role {role}: metadata service answered {:?}", r.code));
+            return Err(format!(
+                "role {role}: metadata service answered {:?}",
+                r.code
+            ));
         }
         let expires = DateTime::parse_from_rfc3339(&r.expiration)
             .map_err(|e| format!("role {role}: bad Expiration: {e}"))?
@@ -385,7 +410,9 @@ impl CredentialProvider for EcsRoleProvider {
             // Keep using credentials that have not expired yet if a refresh fails.
             Err(e) => match cache.as_ref().filter(|c| c.expires > Utc::now()) {
                 Some(c) => {
-                    tracing::warn!("refreshing ECS RAM role credentials failed, keeping current ones: {e}");
+                    tracing::warn!(
+                        "refreshing ECS RAM role credentials failed, keeping current ones: {e}"
+                    );
                     Ok(c.credential.clone())
                 }
                 None => Err(object_store::Error::Generic {

@@ -163,10 +163,13 @@ impl S3Lister {
                 why: format!("building a list request: {e}"),
             })?;
         if let Some(provider) = &self.config.credentials {
-            let credential = provider.get_credential().await.map_err(|e| SourceError::Denied {
-                what: what(),
-                why: e.to_string(),
-            })?;
+            let credential = provider
+                .get_credential()
+                .await
+                .map_err(|e| SourceError::Denied {
+                    what: what(),
+                    why: e.to_string(),
+                })?;
             AwsAuthorizer::new(&credential, "s3", &self.config.region)
                 .try_authorize(&mut request, None)
                 .map_err(|e| SourceError::Other {
@@ -181,13 +184,19 @@ impl S3Lister {
         }
         let response = send_with_retry(builder, &what).await?;
         let status = response.status();
-        let body: Bytes = response.bytes().await.map_err(|e| SourceError::Unreachable {
-            what: what(),
-            why: e.without_url().to_string(),
-        })?;
+        let body: Bytes = response
+            .bytes()
+            .await
+            .map_err(|e| SourceError::Unreachable {
+                what: what(),
+                why: e.without_url().to_string(),
+            })?;
         if !status.is_success() {
             let err: Option<ErrorBody> = quick_xml::de::from_reader(body.as_ref()).ok();
-            let code = err.as_ref().and_then(|e| e.code.clone()).unwrap_or_default();
+            let code = err
+                .as_ref()
+                .and_then(|e| e.code.clone())
+                .unwrap_or_default();
             let message = err.and_then(|e| e.message).unwrap_or_default();
             let why = format!("HTTP {status} {code} {message}").trim().to_string();
             return Err(match (status.as_u16(), code.as_str()) {
@@ -241,14 +250,20 @@ async fn send_with_retry(
     const ATTEMPTS: u32 = 6;
     let mut delay = std::time::Duration::from_millis(100);
     for attempt in 1..=ATTEMPTS {
-        let b = builder.try_clone().expect("list requests have no streaming body");
+        let b = builder
+            .try_clone()
+            .expect("list requests have no streaming body");
         match b.send().await {
             Ok(r) if (r.status().is_server_error() || r.status() == 429) && attempt < ATTEMPTS => {
                 tracing::warn!(status = %r.status(), attempt, "listing answered an error, retrying");
             }
             Ok(r) => return Ok(r),
             Err(e) if attempt < ATTEMPTS && !e.is_builder() => {
-                tracing::warn!(attempt, "listing request failed, retrying: {}", e.without_url());
+                tracing::warn!(
+                    attempt,
+                    "listing request failed, retrying: {}",
+                    e.without_url()
+                );
             }
             Err(e) => {
                 return Err(SourceError::Unreachable {
@@ -271,7 +286,8 @@ impl Lister for S3Lister {
         delimited: bool,
         token: Option<String>,
     ) -> Result<ListPage, SourceError> {
-        self.request(prefix, delimited, token.as_deref(), PAGE_SIZE).await
+        self.request(prefix, delimited, token.as_deref(), PAGE_SIZE)
+            .await
     }
 
     async fn probe(&self, prefix: &[u8]) -> Result<(), SourceError> {
@@ -421,7 +437,11 @@ impl Lister for StoreLister {
         };
         let mut page = ListPage::default();
         if delimited {
-            let r = self.store.list_with_delimiter(path.as_ref()).await.map_err(other)?;
+            let r = self
+                .store
+                .list_with_delimiter(path.as_ref())
+                .await
+                .map_err(other)?;
             page.objects = r.objects.into_iter().map(to_raw).collect();
             page.prefixes = r
                 .common_prefixes
@@ -429,7 +449,12 @@ impl Lister for StoreLister {
                 .map(|p| format!("{}/", p.as_ref()).into_bytes())
                 .collect();
         } else {
-            let all: Vec<_> = self.store.list(path.as_ref()).try_collect().await.map_err(other)?;
+            let all: Vec<_> = self
+                .store
+                .list(path.as_ref())
+                .try_collect()
+                .await
+                .map_err(other)?;
             page.objects = all.into_iter().map(to_raw).collect();
         }
         page.objects.retain(|o| o.key.starts_with(prefix));

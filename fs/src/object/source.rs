@@ -40,9 +40,9 @@ impl Source {
             url: url.to_string(),
             why: why.to_string(),
         };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected oss://bucket/prefix, s3://bucket/prefix or file:///dir"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad("expected oss://bucket/prefix, s3://bucket/prefix or file:///dir")
+        })?;
         let kind = match scheme {
             "oss" => SourceKind::Oss,
             "s3" => SourceKind::S3,
@@ -60,7 +60,11 @@ impl Source {
             let dir = rest.trim_end_matches('/');
             return Ok(Self {
                 kind,
-                bucket: if dir.is_empty() { "/".into() } else { dir.into() },
+                bucket: if dir.is_empty() {
+                    "/".into()
+                } else {
+                    dir.into()
+                },
                 prefix: String::new(),
             });
         }
@@ -358,7 +362,10 @@ mod tests {
             "https://bkt.s3.oss-cn-hangzhou-internal.aliyuncs.com"
         );
         o.region = None;
-        assert!(bucket_endpoint(&s, &o).unwrap_err().to_string().contains("--region"));
+        assert!(bucket_endpoint(&s, &o)
+            .unwrap_err()
+            .to_string()
+            .contains("--region"));
     }
 
     #[test]
@@ -369,6 +376,9 @@ mod tests {
             path_style: true,
             ..Default::default()
         };
-        assert_eq!(bucket_endpoint(&s, &o).unwrap(), "http://127.0.0.1:9000/bkt");
+        assert_eq!(
+            bucket_endpoint(&s, &o).unwrap(),
+            "http://127.0.0.1:9000/bkt"
+        );
     }
 }

@@ -1,0 +1,386 @@
+//! End-to-end: the `pai-mount` binary against the S3-protocol test server on loopback (SigV4
+//! over HTTP), mounted through real FUSE.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pai_test_s3::{
+    BackgroundServer, ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY,
+};
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pai-mount");
+
+fn server() -> BackgroundServer {
+    let s = TestServer::start_background(ServerConfig::default()).unwrap();
+    s.backend().create_bucket("bkt");
+    s
+}
+
+fn cmd(server: &TestServer, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("pai-mount-test-state"),
+        )
+        .env_remove("PAI_MOUNT_LOG");
+    if !args.contains(&"--endpoint") && args.iter().any(|a| a.starts_with("s3://")) {
+        c.args(["--endpoint", &server.endpoint(), "--path-style"]);
+    }
+    c
+}
+
+fn ok(o: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "command failed: {text}");
+    text
+}
+
+fn fails(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "command succeeded unexpectedly: {err}");
+    err
+}
+
+/// A mounted source; unmounts on drop.
+struct Mounted {
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Mounted {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .arg("unmount")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+fn mount(server: &TestServer, url: &str, extra: &[&str]) -> Mounted {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().with_extension("log");
+    let mut args = vec![
+        "mount",
+        url,
+        dir.path().to_str().unwrap(),
+        "--log-file",
+        log.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(cmd(server, &args).output().unwrap());
+    Mounted { dir, log }
+}
+
+fn dataset(server: &TestServer) -> BTreeMap<String, String> {
+    let mut want = BTreeMap::new();
+    for i in 0..40u32 {
+        let key = format!("train/class{}/img_{i:03}.jpg", i % 4);
+        let data: Vec<u8> = (0..(1000 + i * 3001)).map(|b| (b * 7 + i) as u8).collect();
+        want.insert(key.clone(), hex::encode(Sha256::digest(&data)));
+        server.backend().put("bkt", &format!("data/{key}"), data);
+    }
+    server.backend().put("bkt", "data/empty-dir/", Vec::new());
+    server.backend().put("bkt", "data/zero.bin", Vec::new());
+    want.insert("zero.bin".into(), hex::encode(Sha256::digest(b"")));
+    want
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            walk(root, &e.path(), out);
+        } else {
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let data = std::fs::read(e.path()).unwrap();
+            assert_eq!(
+                std::fs::metadata(e.path()).unwrap().len(),
+                data.len() as u64
+            );
+            out.insert(rel, hex::encode(Sha256::digest(&data)));
+        }
+    }
+}
+
+#[test]
+fn mount_serves_listing_stat_and_exact_bytes_from_the_manifest() {
+    let s = server();
+    let want = dataset(&s);
+    let out = ok(cmd(&s, &["manifest", "build", "s3://bkt/data"])
+        .output()
+        .unwrap());
+    assert!(out.contains("42 objects"), "{out}");
+    let show = ok(cmd(&s, &["manifest", "show", "s3://bkt/data"])
+        .output()
+        .unwrap());
+    assert!(
+        show.contains("version 1") && show.contains("files         41"),
+        "{show}"
+    );
+
+    let m = mount(&s, "s3://bkt/data", &[]);
+    let lists = s.backend().counters.list();
+    let heads = s.backend().counters.head();
+    let mut got = BTreeMap::new();
+    walk(m.path(), m.path(), &mut got);
+    assert_eq!(got, want, "every file byte for byte");
+    assert!(m.path().join("empty-dir").is_dir());
+    assert!(
+        !m.path().join(".pai-mount").exists(),
+        "reserved directory hidden"
+    );
+    assert_eq!(
+        s.backend().counters.list(),
+        lists,
+        "no LIST after the mount is up"
+    );
+    assert_eq!(
+        s.backend().counters.head(),
+        heads,
+        "no HEAD: attributes come from the manifest"
+    );
+    assert!(
+        m.log().contains("loaded the stored manifest"),
+        "{}",
+        m.log()
+    );
+
+    // Read-only.
+    let err = std::fs::write(m.path().join("new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path().join("zero.bin"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let out = ok(Command::new(BIN)
+        .arg("unmount")
+        .arg(m.path())
+        .output()
+        .unwrap());
+    assert!(out.contains("unmounted"));
+}
+
+#[test]
+fn virtual_hosted_addressing_end_to_end() {
+    let s = server();
+    let want = dataset(&s);
+    let endpoint = format!("http://s3.test:{}", s.addr().port());
+    let resolve = format!("bkt.s3.test:{}", s.addr());
+    let m = mount(
+        &s,
+        "s3://bkt/data",
+        &["--endpoint", &endpoint, "--resolve", &resolve],
+    );
+    let mut got = BTreeMap::new();
+    walk(m.path(), m.path(), &mut got);
+    assert_eq!(got, want);
+    assert!(
+        m.log().contains("no manifest at"),
+        "listing is logged: {}",
+        m.log()
+    );
+}
+
+#[test]
+fn odd_keys_are_skipped_counted_and_logged() {
+    let s = server();
+    s.backend().put("bkt", "ok.txt", b"fine".to_vec());
+    s.backend().put("bkt", "a/../escape", b"x".to_vec());
+    s.backend().put("bkt", "a//b", b"x".to_vec());
+    s.backend()
+        .put("bkt", &format!("long/{}", "n".repeat(300)), b"x".to_vec());
+    s.backend().put("bkt", "both", b"file".to_vec());
+    s.backend().put("bkt", "both/inner", b"inner".to_vec());
+    let m = mount(&s, "s3://bkt", &[]);
+    let mut names: Vec<String> = std::fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    // A skipped key contributes nothing, not even its parent directories.
+    assert_eq!(names, ["both", "ok.txt"]);
+    assert!(m.path().join("both").is_dir(), "the directory wins");
+    assert_eq!(
+        std::fs::read(m.path().join("both/inner")).unwrap(),
+        b"inner"
+    );
+    let log = m.log();
+    assert!(log.contains("skipped 4 keys"), "{log}");
+}
+
+#[test]
+fn an_object_changed_after_the_manifest_gives_estale_not_new_bytes() {
+    let s = server();
+    s.backend().put("bkt", "f.bin", vec![1u8; 5000]);
+    ok(cmd(&s, &["manifest", "build", "s3://bkt"])
+        .output()
+        .unwrap());
+    let m = mount(&s, "s3://bkt", &[]);
+    s.backend().put("bkt", "f.bin", vec![2u8; 5000]);
+    let err = std::fs::read(m.path().join("f.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+}
+
+#[test]
+fn a_corrupt_manifest_is_reported_and_the_prefix_listed_instead() {
+    let s = server();
+    s.backend().put("bkt", "f.txt", b"hello".to_vec());
+    s.backend().put(
+        "bkt",
+        ".pai-mount/manifest.v1",
+        b"PAIMNFST garbage".to_vec(),
+    );
+    let m = mount(&s, "s3://bkt", &[]);
+    assert_eq!(std::fs::read(m.path().join("f.txt")).unwrap(), b"hello");
+    assert!(
+        m.log().contains("stored manifest is unusable"),
+        "{}",
+        m.log()
+    );
+}
+
+#[test]
+fn sigterm_unmounts_cleanly_and_a_killed_daemon_leaves_no_dead_mount_after_unmount() {
+    let s = server();
+    s.backend().put("bkt", "f.txt", b"hello".to_vec());
+    for signal in ["TERM", "KILL"] {
+        let m = mount(&s, "s3://bkt", &[]);
+        let pid = daemon_pid(m.path());
+        Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        if signal == "TERM" {
+            wait_until(|| !is_mounted(m.path()));
+        } else {
+            wait_until(|| pai_mount_fs::mountpoint::is_dead_mount(m.path()));
+            ok(Command::new(BIN)
+                .arg("unmount")
+                .arg(m.path())
+                .output()
+                .unwrap());
+            assert!(!is_mounted(m.path()));
+            assert!(m.path().is_dir(), "the mount point is usable again");
+        }
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    pai_mount_fs::mountpoint::is_mount_point(&std::fs::canonicalize(p).unwrap_or(p.into()))
+}
+
+fn wait_until(f: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out");
+}
+
+fn daemon_pid(mp: &Path) -> String {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("pai-mount mount .* {}", mp.display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .expect("daemon running")
+        .to_string()
+}
+
+#[test]
+fn bad_input_gives_one_clear_error_and_nonzero_exit() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().to_str().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["mount", "bkt/data", mp], "expected oss://"),
+        (
+            vec!["mount", "s3://bkt", "/nonexistent-mp"],
+            "does not exist",
+        ),
+        (
+            vec!["mount", "s3://bkt", file.to_str().unwrap()],
+            "not a directory",
+        ),
+        (
+            vec!["mount", "s3://nobucket", mp],
+            "nobucket does not exist",
+        ),
+        (vec!["mount", "oss://bkt", mp], "--region"),
+        (
+            vec!["mount", "s3://bkt", mp, "-o", "bogus"],
+            "unknown mount option",
+        ),
+    ];
+    for (args, needle) in cases {
+        let err = fails(cmd(&s, &args).output().unwrap());
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let err = fails(
+        cmd(&s, &["mount", "s3://bkt", mp])
+            .env("AWS_SECRET_ACCESS_KEY", "wrong")
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("access denied"), "{err}");
+    let err = fails(
+        cmd(&s, &["mount", "s3://bkt", mp])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("no credentials for s3://bkt: tried"), "{err}");
+    // Already mounted.
+    let m = mount(&s, "s3://bkt", &[]);
+    let err = fails(
+        cmd(&s, &["mount", "s3://bkt", m.path().to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("already a mount point"), "{err}");
+    let err = fails(Command::new(BIN).args(["unmount", mp]).output().unwrap());
+    assert!(err.contains("not a mount point"), "{err}");
+}
+
+#[test]
+fn file_sources_mount_local_directories() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("x/y")).unwrap();
+    std::fs::write(src.path().join("x/y/z.txt"), b"local").unwrap();
+    let s = server();
+    let m = mount(&s, &format!("file://{}", src.path().display()), &[]);
+    assert_eq!(std::fs::read(m.path().join("x/y/z.txt")).unwrap(), b"local");
+}
