@@ -224,6 +224,10 @@ fn start(a: &MountArgs) -> anyhow::Result<Started> {
     };
     let (ns, origin) = rt.block_on(manifest::load_or_list(&source, &build))?;
     log_namespace(&ns, &origin);
+    // The manifest bytes and listing pages are gone; hand their pages back to the system so
+    // the daemon's resident size reflects what it holds.
+    // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
+    unsafe { libc::malloc_trim(0) };
     let fs = Arc::new(Fs::new(
         ns,
         Arc::new(RangeReaderFactory::new(source.clone())),

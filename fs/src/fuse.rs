@@ -100,10 +100,13 @@ fn file_type(k: NodeKind) -> FileType {
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Parallel lookups in one directory, and readdirplus so that `ls -l` costs no lookups.
+        // Parallel lookups in one directory. Readdirplus in "auto" mode: the kernel asks for
+        // attributes with the first batch of a listing and whenever entries are being stat'ed
+        // (`ls -l`), and plain names otherwise (`ls -f`), which is 10x cheaper in the kernel.
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             if config.add_capabilities(flag).is_err() {

@@ -116,7 +116,18 @@ pub struct Builder {
 
 impl Builder {
     pub fn new(dir_mtime_ms: i64) -> Self {
+        Self::with_capacity(dir_mtime_ms, 0)
+    }
+
+    /// A builder with room for `objects` entries, so that loading a large manifest does not
+    /// double its arrays while growing them (peak memory stays near the final size).
+    pub fn with_capacity(dir_mtime_ms: i64, objects: usize) -> Self {
         let mut ns = Namespace::default();
+        // Directories are typically a small fraction of the objects; 1% extra covers them.
+        let nodes = objects + objects / 100 + 1;
+        ns.nodes.reserve_exact(nodes);
+        ns.md5.reserve_exact(nodes);
+        ns.children.reserve_exact(nodes);
         ns.nodes.push(Node {
             name_off: 0,
             name_len: 0,
@@ -282,7 +293,7 @@ impl Builder {
 impl Namespace {
     /// Builds the tree from a parsed manifest.
     pub fn from_manifest(m: &Manifest<'_>) -> Result<Self, ManifestError> {
-        let mut b = Builder::new(m.header.built_at_ms);
+        let mut b = Builder::with_capacity(m.header.built_at_ms, m.header.object_count as usize);
         m.for_each(|key, size, mtime, etag| b.push(key, size, mtime, etag))?;
         Ok(b.finish())
     }
@@ -291,7 +302,7 @@ impl Namespace {
     pub fn from_entries(entries: &[crate::manifest::Entry], dir_mtime_ms: i64) -> Self {
         let mut order: Vec<usize> = (0..entries.len()).collect();
         order.sort_by(|&a, &b| tree_cmp(&entries[a].key, &entries[b].key));
-        let mut b = Builder::new(dir_mtime_ms);
+        let mut b = Builder::with_capacity(dir_mtime_ms, entries.len());
         for i in order {
             let e = &entries[i];
             b.push(&e.key, e.size, e.mtime_ms, e.etag.clone());
