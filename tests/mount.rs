@@ -384,3 +384,53 @@ fn file_sources_mount_local_directories() {
     let m = mount(&s, &format!("file://{}", src.path().display()), &[]);
     assert_eq!(std::fs::read(m.path().join("x/y/z.txt")).unwrap(), b"local");
 }
+
+#[test]
+fn refresh_swaps_in_new_objects_and_open_files_keep_their_version() {
+    use std::io::Read;
+    let s = server();
+    s.backend().put("bkt", "old.txt", b"old".to_vec());
+    let m = mount(&s, "s3://bkt", &["--refresh", "1s"]);
+    let mut f = std::fs::File::open(m.path().join("old.txt")).unwrap();
+    s.backend().put("bkt", "new.txt", b"new".to_vec());
+    wait_until(|| m.path().join("new.txt").exists());
+    assert_eq!(std::fs::read(m.path().join("new.txt")).unwrap(), b"new");
+    let mut buf = String::new();
+    f.read_to_string(&mut buf).unwrap();
+    assert_eq!(buf, "old");
+    assert!(m.log().contains("refreshed the namespace"), "{}", m.log());
+}
+
+#[test]
+fn ownership_and_mode_options_apply_and_allow_other_is_off_unless_asked() {
+    use std::os::unix::fs::MetadataExt;
+    let s = server();
+    s.backend().put("bkt", "d/f.txt", b"x".to_vec());
+    let m = mount(&s, "s3://bkt", &[]);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.contains(m.path().to_str().unwrap()))
+        .unwrap()
+        .to_string();
+    assert!(!line.contains("allow_other"), "{line}");
+    drop(m);
+    let m = mount(
+        &s,
+        "s3://bkt",
+        &[
+            "-o",
+            "allow_other,uid=1234,gid=4321,file_mode=0600,dir_mode=0700",
+        ],
+    );
+    let f = std::fs::metadata(m.path().join("d/f.txt")).unwrap();
+    assert_eq!((f.uid(), f.gid(), f.mode() & 0o7777), (1234, 4321, 0o600));
+    let d = std::fs::metadata(m.path().join("d")).unwrap();
+    assert_eq!(d.mode() & 0o7777, 0o700);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.contains(m.path().to_str().unwrap()))
+        .unwrap();
+    assert!(line.contains("allow_other"), "{line}");
+}

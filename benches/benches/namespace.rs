@@ -74,13 +74,21 @@ struct Env {
 impl Env {
     fn source(&self, url: &str, metrics: Arc<Metrics>) -> ObjectSource {
         self.rt
-            .block_on(ObjectSource::connect(Source::parse(url).unwrap(), &self.options, &ProcessEnv, metrics))
+            .block_on(ObjectSource::connect(
+                Source::parse(url).unwrap(),
+                &self.options,
+                &ProcessEnv,
+                metrics,
+            ))
             .unwrap()
     }
 }
 
 fn env(latency: Duration) -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let server = rt
         .block_on(TestServer::start(ServerConfig {
             latency,
@@ -98,18 +106,27 @@ fn env(latency: Duration) -> Env {
         },
         ..Default::default()
     };
-    Env { rt, server, options }
+    Env {
+        rt,
+        server,
+        options,
+    }
 }
 
 fn list_build_bench(e: &Env, n: usize) {
     for k in imagenet_keys(n) {
-        e.server.backend().put("bench", &format!("imagenet/{k}"), bytes::Bytes::new());
+        e.server
+            .backend()
+            .put("bench", &format!("imagenet/{k}"), bytes::Bytes::new());
     }
     let source = e.source("s3://bench/imagenet", Arc::new(Metrics::default()));
     let t = Instant::now();
-    let (h, _) = e
-        .rt
-        .block_on(manifest::build(&source, &BuildOptions::default(), &BuildProgress::default()))
+    let (h, _) =
+        e.rt.block_on(manifest::build(
+            &source,
+            &BuildOptions::default(),
+            &BuildProgress::default(),
+        ))
         .unwrap();
     println!(
         "build by listing {n} objects in 1000 directories: {:.2} s, {} LIST requests, 16 in flight",
@@ -119,12 +136,30 @@ fn list_build_bench(e: &Env, n: usize) {
 }
 
 /// Mounts `url` in-process and runs `f` on the mount point.
-fn with_mount<T>(e: &Env, url: &str, metrics: Arc<Metrics>, f: impl FnOnce(&std::path::Path) -> T) -> T {
+fn with_mount<T>(
+    e: &Env,
+    url: &str,
+    metrics: Arc<Metrics>,
+    f: impl FnOnce(&std::path::Path) -> T,
+) -> T {
     let source = e.source(url, metrics.clone());
-    let (ns, _) = e.rt.block_on(manifest::load_or_list(&source, &BuildOptions::default())).unwrap();
-    let fs = Arc::new(Fs::new(ns, Arc::new(RangeReaderFactory::new(source)), FsConfig::default(), metrics));
+    let (ns, _) =
+        e.rt.block_on(manifest::load_or_list(&source, &BuildOptions::default()))
+            .unwrap();
+    let fs = Arc::new(Fs::new(
+        ns,
+        Arc::new(RangeReaderFactory::new(source)),
+        FsConfig::default(),
+        metrics,
+    ));
     let dir = tempfile::tempdir().unwrap();
-    let mut session = fuse::mount(fs, e.rt.handle().clone(), dir.path(), &MountOptions::default()).unwrap();
+    let mut session = fuse::mount(
+        fs,
+        e.rt.handle().clone(),
+        dir.path(),
+        &MountOptions::default(),
+    )
+    .unwrap();
     let mut unmounter = fuse::unmounter(&mut session);
     let t = std::thread::spawn(move || fuse::run(session));
     let out = f(dir.path());
@@ -147,34 +182,45 @@ fn time_cmd(args: &[&str]) -> Duration {
 fn ls_bench(e: &Env) {
     let n = 10_000;
     for i in 0..n {
-        e.server.backend().put("bench", &format!("flat/dir/f{i:05}.bin"), vec![0u8; 16]);
+        e.server
+            .backend()
+            .put("bench", &format!("flat/dir/f{i:05}.bin"), vec![0u8; 16]);
     }
     let local = tempfile::tempdir().unwrap();
     for i in 0..n {
-        std::fs::write(local.path().join(format!("f{i:05}.bin")), b"0123456789abcdef").unwrap();
+        std::fs::write(
+            local.path().join(format!("f{i:05}.bin")),
+            b"0123456789abcdef",
+        )
+        .unwrap();
     }
     let source = e.source("s3://bench/flat", Arc::new(Metrics::default()));
-    e.rt.block_on(manifest::build_and_store(&source, &BuildOptions::default(), &BuildProgress::default()))
-        .unwrap();
+    e.rt.block_on(manifest::build_and_store(
+        &source,
+        &BuildOptions::default(),
+        &BuildProgress::default(),
+    ))
+    .unwrap();
     let metrics = Arc::new(Metrics::default());
-    let (cold, warm, stat, long, requests) = with_mount(e, "s3://bench/flat", metrics.clone(), |mp| {
-        let d = mp.join("dir");
-        let d = d.to_str().unwrap();
-        let before = e.server.backend().counters.list()
-            + e.server.backend().counters.head()
-            + e.server.backend().counters.get();
-        let cold = time_cmd(&["ls", "-f", d]);
-        let warm = time_cmd(&["ls", "-f", d]);
-        let t = Instant::now();
-        for entry in std::fs::read_dir(d).unwrap() {
-            std::fs::metadata(entry.unwrap().path()).unwrap();
-        }
-        let stat = t.elapsed();
-        let after = e.server.backend().counters.list()
-            + e.server.backend().counters.head()
-            + e.server.backend().counters.get();
-        (cold, warm, stat, Duration::ZERO, after - before)
-    });
+    let (cold, warm, stat, long, requests) =
+        with_mount(e, "s3://bench/flat", metrics.clone(), |mp| {
+            let d = mp.join("dir");
+            let d = d.to_str().unwrap();
+            let before = e.server.backend().counters.list()
+                + e.server.backend().counters.head()
+                + e.server.backend().counters.get();
+            let cold = time_cmd(&["ls", "-f", d]);
+            let warm = time_cmd(&["ls", "-f", d]);
+            let t = Instant::now();
+            for entry in std::fs::read_dir(d).unwrap() {
+                std::fs::metadata(entry.unwrap().path()).unwrap();
+            }
+            let stat = t.elapsed();
+            let after = e.server.backend().counters.list()
+                + e.server.backend().counters.head()
+                + e.server.backend().counters.get();
+            (cold, warm, stat, Duration::ZERO, after - before)
+        });
     // `ls -l` on a fresh mount: listing and stat interleaved, served by readdirplus.
     let long = with_mount(e, "s3://bench/flat", Arc::new(Metrics::default()), |mp| {
         time_cmd(&["ls", "-l", mp.join("dir").to_str().unwrap()])
@@ -204,13 +250,19 @@ fn cold_read_bench(e: &Env, threads: usize) {
     let n = 1000;
     let size = 128 * 1024;
     for i in 0..n {
-        e.server
-            .backend()
-            .put("bench", &format!("small/f{i:04}.bin"), vec![(i % 256) as u8; size]);
+        e.server.backend().put(
+            "bench",
+            &format!("small/f{i:04}.bin"),
+            vec![(i % 256) as u8; size],
+        );
     }
     let source = e.source("s3://bench/small", Arc::new(Metrics::default()));
-    e.rt.block_on(manifest::build_and_store(&source, &BuildOptions::default(), &BuildProgress::default()))
-        .unwrap();
+    e.rt.block_on(manifest::build_and_store(
+        &source,
+        &BuildOptions::default(),
+        &BuildProgress::default(),
+    ))
+    .unwrap();
     // Baseline: raw GETs of the same objects with the same concurrency.
     let store = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name("bench")
@@ -270,20 +322,40 @@ fn daemon_rss_bench(e: &Env, n: usize) {
         return;
     }
     for k in imagenet_keys(n) {
-        e.server.backend().put("bench", &format!("big/{k}"), bytes::Bytes::new());
+        e.server
+            .backend()
+            .put("bench", &format!("big/{k}"), bytes::Bytes::new());
     }
-    e.server.backend().put("bench", "empty/x", bytes::Bytes::new());
+    e.server
+        .backend()
+        .put("bench", "empty/x", bytes::Bytes::new());
     for prefix in ["big", "empty"] {
-        let source = e.source(&format!("s3://bench/{prefix}"), Arc::new(Metrics::default()));
-        e.rt.block_on(manifest::build_and_store(&source, &BuildOptions::default(), &BuildProgress::default()))
-            .unwrap();
+        let source = e.source(
+            &format!("s3://bench/{prefix}"),
+            Arc::new(Metrics::default()),
+        );
+        e.rt.block_on(manifest::build_and_store(
+            &source,
+            &BuildOptions::default(),
+            &BuildProgress::default(),
+        ))
+        .unwrap();
     }
     let rss_of = |prefix: &str| -> (u64, Duration) {
         let dir = tempfile::tempdir().unwrap();
         let t = Instant::now();
         let mut child = std::process::Command::new(&bin)
-            .args(["mount", &format!("s3://bench/{prefix}"), dir.path().to_str().unwrap()])
-            .args(["--endpoint", &e.server.endpoint(), "--path-style", "--foreground"])
+            .args([
+                "mount",
+                &format!("s3://bench/{prefix}"),
+                dir.path().to_str().unwrap(),
+            ])
+            .args([
+                "--endpoint",
+                &e.server.endpoint(),
+                "--path-style",
+                "--foreground",
+            ])
             .env("AWS_ACCESS_KEY_ID", pai_test_s3::DEFAULT_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", pai_test_s3::DEFAULT_SECRET_KEY)
             .env("PAI_MOUNT_LOG", "warn")
@@ -304,7 +376,9 @@ fn daemon_rss_bench(e: &Env, n: usize) {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
             * 1024;
-        let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg(child.id().to_string())
+            .status();
         let _ = child.wait();
         (rss, ready)
     };
@@ -336,5 +410,8 @@ fn main() {
     ls_bench(&e);
     cold_read_bench(&e, 1);
     cold_read_bench(&e, 8);
-    println!("peak RSS of the benchmark process (server, mount and data): {:.0} MiB", peak_rss() as f64 / (1 << 20) as f64);
+    println!(
+        "peak RSS of the benchmark process (server, mount and data): {:.0} MiB",
+        peak_rss() as f64 / (1 << 20) as f64
+    );
 }

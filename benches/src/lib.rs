@@ -28,7 +28,10 @@ pub fn imagenet_keys(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let class = 1_440_764 + (i % classes) * 7;
-            format!("train/n{class:08}/n{class:08}_{:05}.JPEG", i / classes + 10_000)
+            format!(
+                "train/n{class:08}/n{class:08}_{:05}.JPEG",
+                i / classes + 10_000
+            )
         })
         .collect()
 }
