@@ -17,7 +17,7 @@ use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::namespace::Namespace;
 use pai_mount_fs::object::credentials::{CredentialFlags, ProcessEnv};
 use pai_mount_fs::object::{ObjectSource, Source, StoreOptions};
-use pai_mount_fs::reader::RangeReaderFactory;
+use pai_mount_fs::prefetch::{PrefetchConfig, Prefetcher};
 use pai_test_s3::{ServerConfig, TestServer};
 
 fn header(n: usize) -> Header {
@@ -148,7 +148,7 @@ fn with_mount<T>(
             .unwrap();
     let fs = Arc::new(Fs::new(
         ns,
-        Arc::new(RangeReaderFactory::new(source)),
+        Arc::new(Prefetcher::new(source, None, PrefetchConfig::default())),
         FsConfig::default(),
         metrics,
     ));

@@ -28,6 +28,8 @@ pub enum Command {
     Manifest(ManifestCommand),
     /// Make a sample dataset on an embedded S3 server, mount it, list and read it, unmount
     Demo(DemoArgs),
+    /// Fill the disk cache ahead of training: a source URL (with --cache-dir), or a path in a mount
+    Warm(WarmArgs),
 }
 
 /// Where the data is and how to reach it.
@@ -98,12 +100,51 @@ pub struct MountArgs {
     /// Listings in flight when the prefix must be listed
     #[arg(long, default_value_t = 16)]
     pub list_concurrency: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Log file of the daemon (default: ~/.local/state/pai-mount/<mountpoint>.log)
     #[arg(long)]
     pub log_file: Option<PathBuf>,
     /// Internal: the daemon reports readiness on this file descriptor
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
+}
+
+/// Read path tuning: prefetching and the disk cache.
+#[derive(Debug, Args, Clone)]
+pub struct CacheArgs {
+    /// Keep a persistent block cache in this directory (created with mode 0700)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Largest size of the disk cache
+    #[arg(long, value_parser = parse_size, default_value = "10G")]
+    pub cache_size: u64,
+    /// Stop filling the cache when its filesystem has less free space than this
+    #[arg(long, value_parser = parse_size, default_value = "5G")]
+    pub cache_min_free: u64,
+    /// Memory all open files together may hold in prefetched data
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub prefetch_budget: u64,
+    /// Size of each ranged GET a sequential reader prefetches
+    #[arg(long, value_parser = parse_size, default_value = "8M")]
+    pub part_size: u64,
+    /// Largest prefetch window of one open file
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub max_window: u64,
+    /// Disk cache I/O engine: auto (io_uring, else pread), uring or pread
+    #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "pread"])]
+    pub io_engine: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Objects (or files) read in parallel
+    #[arg(long, short = 'j', default_value_t = 16)]
+    pub jobs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +191,31 @@ pub struct DemoArgs {
     pub mountpoint: Option<PathBuf>,
 }
 
+/// `4096`, `512K`, `8M`, `10G`, `1T` (binary units; a trailing `iB` or `B` is accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size like 512M, 10G or 1T"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use K, M, G or T")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// `90s`, `10m`, `2h`, `1d`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -184,6 +250,15 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5X").is_err());
     }
 
     #[test]

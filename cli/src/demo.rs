@@ -17,7 +17,7 @@ use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::mountpoint;
 use pai_mount_fs::object::credentials::{CredentialFlags, ProcessEnv};
 use pai_mount_fs::object::{ObjectSource, Source, StoreOptions};
-use pai_mount_fs::reader::RangeReaderFactory;
+use pai_mount_fs::prefetch::{PrefetchConfig, Prefetcher};
 use pai_test_s3::{ServerConfig, TestServer};
 use sha2::{Digest, Sha256};
 
@@ -121,7 +121,11 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let (ns, _origin) = rt.block_on(manifest::load_or_list(&source, &BuildOptions::default()))?;
     let fs = Arc::new(Fs::new(
         ns,
-        Arc::new(RangeReaderFactory::new(source.clone())),
+        Arc::new(Prefetcher::new(
+            source.clone(),
+            None,
+            PrefetchConfig::default(),
+        )),
         FsConfig::default(),
         metrics.clone(),
     ));

@@ -5,6 +5,7 @@ mod demo;
 mod manifest_cmd;
 mod mount;
 mod store;
+mod warm;
 
 use clap::Parser;
 
@@ -15,6 +16,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Unmount(u) => mount::unmount(u),
         args::Command::Manifest(m) => manifest_cmd::run(m),
         args::Command::Demo(d) => demo::run(d),
+        args::Command::Warm(w) => warm::run(w),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

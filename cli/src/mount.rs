@@ -18,7 +18,6 @@ use pai_mount_fs::manifest::{self, BuildOptions, Origin};
 use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::mountpoint;
 use pai_mount_fs::namespace::Namespace;
-use pai_mount_fs::reader::RangeReaderFactory;
 
 use crate::args::{MountArgs, UnmountArgs};
 
@@ -228,12 +227,8 @@ fn start(a: &MountArgs) -> anyhow::Result<Started> {
     // the daemon's resident size reflects what it holds.
     // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
     unsafe { libc::malloc_trim(0) };
-    let fs = Arc::new(Fs::new(
-        ns,
-        Arc::new(RangeReaderFactory::new(source.clone())),
-        fs_config,
-        metrics,
-    ));
+    let readers = crate::store::prefetcher(&source, &a.cache, metrics.clone())?;
+    let fs = Arc::new(Fs::new(ns, Arc::new(readers), fs_config, metrics));
     let session = fuse::mount(fs.clone(), rt.handle().clone(), &mp, &mount_options)
         .with_context(|| format!("mounting at {}", mp.display()))?;
     let refresh = a.refresh.map(|every| {

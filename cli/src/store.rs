@@ -35,3 +35,41 @@ pub async fn connect(a: &StoreArgs, metrics: Arc<Metrics>) -> anyhow::Result<Obj
         .with_context(|| format!("checking {}", s.source()))?;
     Ok(s)
 }
+
+/// The reader factory for a mount or a warm-up: prefetching, with the disk cache if asked.
+pub fn prefetcher(
+    source: &ObjectSource,
+    cache: &crate::args::CacheArgs,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<pai_mount_fs::prefetch::Prefetcher> {
+    use pai_mount_fs::cache::{CacheConfig, DiskCache, EngineKind};
+    let disk = match &cache.cache_dir {
+        Some(dir) => {
+            let engine = match cache.io_engine.as_str() {
+                "uring" => EngineKind::Uring,
+                "pread" => EngineKind::Pread,
+                _ => EngineKind::Auto,
+            };
+            Some(Arc::new(DiskCache::open(
+                CacheConfig {
+                    dir: dir.clone(),
+                    max_bytes: cache.cache_size,
+                    min_free_bytes: cache.cache_min_free,
+                    engine,
+                },
+                metrics,
+            )?))
+        }
+        None => None,
+    };
+    Ok(pai_mount_fs::prefetch::Prefetcher::new(
+        source.clone(),
+        disk,
+        pai_mount_fs::prefetch::PrefetchConfig {
+            part_size: cache.part_size,
+            max_window: cache.max_window,
+            budget: cache.prefetch_budget,
+            ..Default::default()
+        },
+    ))
+}

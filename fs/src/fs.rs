@@ -27,7 +27,7 @@ use bytes::Bytes;
 use crate::error::FsError;
 use crate::metrics::Metrics;
 use crate::namespace::{Namespace, NodeKind};
-use crate::reader::{ObjectReader, PinnedObject, ReaderFactory};
+use crate::reader::{ObjectReader, ReaderFactory};
 
 pub const ROOT_INO: u64 = 1;
 /// Retired snapshots kept alive for inodes the kernel still holds.
@@ -342,12 +342,8 @@ impl Fs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let key: Arc<str> = snap.namespace.key_of(node).into();
-        let object = PinnedObject {
-            key: key.clone(),
-            size: info.size,
-            etag: snap.namespace.etag_of(node).map(Into::into),
-        };
+        let object = snap.namespace.pin(node).expect("a resolved file");
+        let key = object.key.clone();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let open = Arc::new(OpenFile {
             reader: self.readers.open(object),

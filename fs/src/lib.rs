@@ -8,11 +8,15 @@
 //!   tens of millions of objects.
 //! - [`fs`]: the filesystem core, synchronous metadata operations and async reads on inode
 //!   numbers and handles, testable without FUSE.
-//! - [`reader`]: the per-handle reader interface, and the ranged-GET reader behind it.
+//! - [`reader`]: the per-handle reader interface, and the plain ranged-GET reader.
+//! - [`prefetch`]: the prefetching reader: sequential detection, window growth, parallel part
+//!   fetches under one global memory budget, backed by the disk cache.
+//! - [`cache`]: the persistent, checksummed local-disk block cache and its I/O engines.
 //! - [`fuse`]: the `fuser` adapter, the only module that knows fuser types.
 //! - [`error`]: the filesystem errors and their errno mapping (the only place errno appears).
 //! - [`metrics`]: every metric name and counter.
 
+pub mod cache;
 pub mod error;
 pub mod fs;
 pub mod fuse;
@@ -21,4 +25,5 @@ pub mod metrics;
 pub mod mountpoint;
 pub mod namespace;
 pub mod object;
+pub mod prefetch;
 pub mod reader;

@@ -14,6 +14,16 @@ pub const FIRST_BYTE_MICROS: &str = "object.get_first_byte_micros_total";
 pub const READ_BYTES: &str = "fs.read_bytes";
 pub const LOOKUPS: &str = "fs.lookups";
 pub const STALE_READS: &str = "fs.stale_reads";
+pub const MEMORY_HITS: &str = "cache.memory_hits";
+pub const DISK_HITS: &str = "cache.disk_hits";
+pub const DISK_MISSES: &str = "cache.disk_misses";
+pub const DISK_CORRUPT: &str = "cache.disk_corrupt";
+pub const DISK_EVICTIONS: &str = "cache.disk_evictions";
+pub const DISK_WRITES: &str = "cache.disk_writes";
+pub const DISK_SKIPPED: &str = "cache.disk_skipped";
+pub const PREFETCH_BYTES: &str = "prefetch.bytes_requested";
+pub const BUDGET_HELD: &str = "prefetch.budget_held_bytes";
+pub const BUDGET_PEAK: &str = "prefetch.budget_peak_bytes";
 
 /// Process-wide counters, shared through an `Arc`.
 #[derive(Debug, Default)]
@@ -28,6 +38,21 @@ pub struct Metrics {
     pub read_bytes: AtomicU64,
     pub lookups: AtomicU64,
     pub stale_reads: AtomicU64,
+    /// Read blocks already in a handle's prefetched or recent blocks.
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub disk_misses: AtomicU64,
+    /// Damaged block files found (and deleted).
+    pub disk_corrupt: AtomicU64,
+    pub disk_evictions: AtomicU64,
+    pub disk_writes: AtomicU64,
+    /// Blocks not cached because the disk was full or a write failed.
+    pub disk_skipped: AtomicU64,
+    /// Bytes requested ahead of readers.
+    pub prefetch_bytes: AtomicU64,
+    /// Prefetched bytes currently held against the memory budget (a gauge), and its peak.
+    pub budget_held: AtomicU64,
+    pub budget_peak: AtomicU64,
 }
 
 impl Metrics {
@@ -48,6 +73,16 @@ impl Metrics {
             (READ_BYTES, g(&self.read_bytes)),
             (LOOKUPS, g(&self.lookups)),
             (STALE_READS, g(&self.stale_reads)),
+            (MEMORY_HITS, g(&self.memory_hits)),
+            (DISK_HITS, g(&self.disk_hits)),
+            (DISK_MISSES, g(&self.disk_misses)),
+            (DISK_CORRUPT, g(&self.disk_corrupt)),
+            (DISK_EVICTIONS, g(&self.disk_evictions)),
+            (DISK_WRITES, g(&self.disk_writes)),
+            (DISK_SKIPPED, g(&self.disk_skipped)),
+            (PREFETCH_BYTES, g(&self.prefetch_bytes)),
+            (BUDGET_HELD, g(&self.budget_held)),
+            (BUDGET_PEAK, g(&self.budget_peak)),
         ]
     }
 

@@ -393,6 +393,21 @@ impl Namespace {
         }
     }
 
+    /// Every file node, in tree order.
+    pub fn files(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.nodes.len() as u32).filter(|&id| self.nodes[id as usize].kind == KIND_FILE)
+    }
+
+    /// The pinned identity of a file, as a reader needs it.
+    pub fn pin(&self, id: u32) -> Option<crate::reader::PinnedObject> {
+        let info = self.info(id).filter(|i| i.kind == NodeKind::File)?;
+        Some(crate::reader::PinnedObject {
+            key: self.key_of(id).into(),
+            size: info.size,
+            etag: self.etag_of(id).map(Into::into),
+        })
+    }
+
     pub fn file_count(&self) -> u64 {
         self.files
     }

@@ -1,0 +1,188 @@
+//! `pai-mount warm`: fill the disk cache ahead of training.
+//!
+//! - `warm oss://bucket/prefix --cache-dir DIR`: fetches every object of the manifest into DIR
+//!   (no daemon may be using DIR; mount with the same `--cache-dir` afterwards).
+//! - `warm /mnt/data/train`: reads every file under a path of a live mount, which fills that
+//!   mount's own cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use pai_mount_fs::manifest::{self, BuildOptions};
+use pai_mount_fs::metrics::Metrics;
+
+use crate::args::WarmArgs;
+
+/// Counts and a progress bar with bytes/s, objects/s and an ETA.
+struct Progress {
+    bar: ProgressBar,
+    objects: u64,
+    done: AtomicU64,
+    failed: AtomicU64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(objects: u64, bytes: u64) -> Self {
+        let bar = ProgressBar::new(bytes);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg} ETA {eta}",
+            )
+            .expect("static template"),
+        );
+        Self {
+            bar,
+            objects,
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn finish_one(&self, bytes: u64, ok: bool) {
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.bar.inc(bytes);
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        self.bar
+            .set_message(format!("{done}/{} objects {rate:.0}/s", self.objects));
+    }
+
+    fn finish(&self) -> (u64, u64, f64) {
+        self.bar.finish_and_clear();
+        (
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.started.elapsed().as_secs_f64(),
+        )
+    }
+}
+
+pub fn run(a: WarmArgs) -> anyhow::Result<()> {
+    crate::init_logging("warn");
+    if a.store.source.contains("://") {
+        warm_source(&a)
+    } else {
+        warm_path(Path::new(&a.store.source), a.jobs.max(1))
+    }
+}
+
+fn warm_source(a: &WarmArgs) -> anyhow::Result<()> {
+    if a.cache.cache_dir.is_none() {
+        bail!("warming a source needs --cache-dir (the directory the mount will use)");
+    }
+    let rt = crate::runtime()?;
+    rt.block_on(async {
+        let metrics = Arc::new(Metrics::default());
+        let source = crate::store::connect(&a.store, metrics.clone()).await?;
+        let prefetcher = Arc::new(crate::store::prefetcher(&source, &a.cache, metrics.clone())?);
+        let (ns, _) = manifest::load_or_list(&source, &BuildOptions::default()).await?;
+        let objects: Vec<_> = ns.files().filter_map(|id| ns.pin(id)).collect();
+        let total: u64 = objects.iter().map(|o| o.size).sum();
+        let progress = Arc::new(Progress::new(objects.len() as u64, total));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        futures::stream::iter(objects)
+            .for_each_concurrent(a.jobs.max(1), |o| {
+                let (p, progress, errors) = (prefetcher.clone(), progress.clone(), errors.clone());
+                async move {
+                    let size = o.size;
+                    let key = o.key.clone();
+                    match p.warm(o).await {
+                        Ok(_) => progress.finish_one(size, true),
+                        Err(e) => {
+                            errors.lock().unwrap().push(format!("{key}: {e}"));
+                            progress.finish_one(size, false);
+                        }
+                    }
+                }
+            })
+            .await;
+        let (done, failed, secs) = progress.finish();
+        let fetched = metrics.get_bytes.load(Ordering::Relaxed);
+        let cached_before = metrics.disk_hits.load(Ordering::Relaxed);
+        println!(
+            "warmed {} of {done} objects ({total} bytes) in {secs:.1} s, {:.1} MB/s: {fetched} bytes fetched, {cached_before} blocks already cached, {failed} failed",
+            done - failed,
+            total as f64 / secs / 1e6
+        );
+        for e in errors.lock().unwrap().iter().take(10) {
+            eprintln!("  failed: {e}");
+        }
+        if failed > 0 {
+            bail!("{failed} objects could not be warmed");
+        }
+        Ok(())
+    })
+}
+
+fn collect(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            collect(&e.path(), out)?;
+        } else if ft.is_file() {
+            out.push((e.path(), e.metadata()?.len()));
+        }
+    }
+    Ok(())
+}
+
+fn warm_path(path: &Path, jobs: usize) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        collect(path, &mut files)?;
+    } else {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("{}", path.display()))?
+            .len();
+        files.push((path.to_path_buf(), len));
+    }
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    let progress = Progress::new(files.len() as u64, total);
+    let queue = Mutex::new(files.into_iter());
+    let errors = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let Some((p, len)) = queue.lock().unwrap().next() else {
+                        return;
+                    };
+                    let r = (|| -> std::io::Result<()> {
+                        use std::io::Read;
+                        let mut f = std::fs::File::open(&p)?;
+                        while f.read(&mut buf)? > 0 {}
+                        Ok(())
+                    })();
+                    if let Err(e) = &r {
+                        errors.lock().unwrap().push(format!("{}: {e}", p.display()));
+                    }
+                    progress.finish_one(len, r.is_ok());
+                }
+            });
+        }
+    });
+    let (done, failed, secs) = progress.finish();
+    println!(
+        "read {} of {done} files ({total} bytes) in {secs:.1} s, {:.1} MB/s, {failed} failed",
+        done - failed,
+        total as f64 / secs / 1e6
+    );
+    for e in errors.lock().unwrap().iter().take(10) {
+        eprintln!("  failed: {e}");
+    }
+    if failed > 0 {
+        bail!("{failed} files could not be read");
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+use std::sync::atomic::Ordering;
+
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use proptest::prelude::*;
+
+use super::*;
+use crate::cache::{CacheConfig, EngineKind};
+use crate::object::Source;
+
+fn data(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn setup(
+    size: usize,
+    config: PrefetchConfig,
+    cache: Option<Arc<DiskCache>>,
+) -> (Prefetcher, PinnedObject, Vec<u8>, Arc<Metrics>) {
+    let store = Arc::new(InMemory::new());
+    let bytes = data(size);
+    let put = store
+        .put(&Path::from("obj"), bytes.clone().into())
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let source = ObjectSource::from_store(
+        Source::parse("s3://bkt").unwrap(),
+        store as Arc<dyn ObjectStore>,
+        metrics.clone(),
+    );
+    let object = PinnedObject {
+        key: "obj".into(),
+        size: size as u64,
+        etag: put.e_tag.map(Into::into),
+    };
+    (
+        Prefetcher::new(source, cache, config),
+        object,
+        bytes,
+        metrics,
+    )
+}
+
+fn small_config() -> PrefetchConfig {
+    PrefetchConfig {
+        part_size: 2 * BLOCK_SIZE,
+        max_window: 4 * BLOCK_SIZE,
+        budget: 3 * BLOCK_SIZE,
+        seek_forward: 2 * BLOCK_SIZE,
+        seek_back: BLOCK_SIZE,
+    }
+}
+
+const MIB: u64 = BLOCK_SIZE;
+
+proptest! {
+    #[test]
+    fn block_math_covers_exactly(start in 0u64..50 * MIB, len in 1u64..10 * MIB, size in 1u64..60 * MIB) {
+        let r = start..start + len;
+        let b = blocks_of(&r);
+        prop_assert!(b.start * MIB <= r.start);
+        prop_assert!(b.end * MIB >= r.end);
+        prop_assert!((b.end - 1) * MIB < r.end);
+        let blocks = size.div_ceil(MIB);
+        let total: u64 = (0..blocks).map(|i| { let x = block_range(i, size); x.end - x.start }).sum();
+        prop_assert_eq!(total, size);
+    }
+
+    #[test]
+    fn window_grows_doubling_up_to_the_cap_and_resets(w in 1u64..200, cap in 0u64..200) {
+        let (w, cap) = (w * MIB, cap * MIB);
+        let grown = next_window(w, true, cap);
+        prop_assert!(grown >= MIB && grown <= cap.max(MIB));
+        prop_assert!(grown == (2 * w).min(cap.max(MIB)));
+        prop_assert_eq!(next_window(w, false, cap), MIB);
+    }
+
+    #[test]
+    fn runs_partition_their_input(mut v in proptest::collection::btree_set(0u64..100, 0..50), max in 1u64..6) {
+        let wanted: Vec<u64> = std::mem::take(&mut v).into_iter().collect();
+        let rs = runs(&wanted, max);
+        let flat: Vec<u64> = rs.iter().flat_map(|r| r.clone()).collect();
+        prop_assert_eq!(flat, wanted);
+        prop_assert!(rs.iter().all(|r| r.end - r.start <= max));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn reads_return_exactly_the_objects_bytes_for_any_pattern(
+        size in 1usize..(6 * MIB as usize),
+        reads in proptest::collection::vec((0u64..7 * MIB, 1u32..(3 * MIB as u32)), 1..25),
+        sequential_prefix in 0usize..12,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let (p, obj, bytes, metrics) = setup(size, small_config(), None).await;
+            let reader = p.open(obj);
+            // Some sequential reads first (to grow a window), then arbitrary ones.
+            let mut pattern: Vec<(u64, u32)> = (0..sequential_prefix as u64).map(|i| (i * 256 * 1024, 256 * 1024)).collect();
+            pattern.extend(reads);
+            for (off, len) in pattern {
+                let got = reader.read(off, len).await.unwrap();
+                let s = (off as usize).min(size);
+                let e = (off as usize + len as usize).min(size);
+                assert_eq!(&got[..], &bytes[s..e], "read at {off} len {len} of {size}");
+            }
+            assert!(metrics.budget_peak.load(Ordering::Relaxed) <= 3 * MIB);
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_small_object_is_fetched_whole_on_first_read() {
+    let (p, obj, bytes, m) = setup(300_000, PrefetchConfig::default(), None).await;
+    let r = p.open(obj);
+    assert_eq!(&r.read(0, 4096).await.unwrap()[..], &bytes[..4096]);
+    assert_eq!(m.get_bytes.load(Ordering::Relaxed), 300_000);
+    assert_eq!(
+        &r.read(100_000, 200_000).await.unwrap()[..],
+        &bytes[100_000..300_000]
+    );
+    assert_eq!(m.get_requests.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn random_access_fetches_only_the_block_asked_for() {
+    let (p, obj, bytes, m) = setup(100 * MIB as usize, PrefetchConfig::default(), None).await;
+    let r = p.open(obj);
+    for off in [50 * MIB + 10, 10 * MIB + 5, 80 * MIB, 33 * MIB] {
+        assert_eq!(
+            &r.read(off, 4096).await.unwrap()[..],
+            &bytes[off as usize..off as usize + 4096]
+        );
+    }
+    assert_eq!(
+        m.get_bytes.load(Ordering::Relaxed),
+        4 * MIB,
+        "one block per random read"
+    );
+    assert_eq!(m.prefetch_bytes.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn sequential_reads_grow_a_window_of_parallel_parts() {
+    let (p, obj, bytes, m) = setup(64 * MIB as usize, PrefetchConfig::default(), None).await;
+    let r = p.open(obj);
+    let mut off = 0;
+    while off < 64 * MIB {
+        let got = r.read(off, 128 * 1024).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    let gets = m.get_requests.load(Ordering::Relaxed);
+    assert!(
+        gets <= 16,
+        "64 MiB in {gets} GETs: parts, not per-read requests"
+    );
+    assert!(m.prefetch_bytes.load(Ordering::Relaxed) >= 48 * MIB);
+    assert!(m.memory_hits.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        m.get_bytes.load(Ordering::Relaxed),
+        64 * MIB,
+        "nothing fetched twice"
+    );
+}
+
+#[tokio::test]
+async fn many_readers_share_the_budget_without_exceeding_it() {
+    let config = PrefetchConfig {
+        budget: 16 * MIB,
+        ..PrefetchConfig::default()
+    };
+    let (p, obj, bytes, m) = setup(40 * MIB as usize, config, None).await;
+    let p = Arc::new(p);
+    let bytes = Arc::new(bytes);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (p, obj, bytes) = (p.clone(), obj.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = p.open(obj);
+            let mut off = 0u64;
+            while off < 40 * MIB {
+                let got = r.read(off, 1 << 20).await.unwrap();
+                assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
+                off += got.len() as u64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(m.budget_peak.load(Ordering::Relaxed) <= 16 * MIB, "{m:?}");
+    assert!(m.prefetch_bytes.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn a_second_pass_reads_from_the_disk_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let cache = Arc::new(
+        DiskCache::open(
+            CacheConfig {
+                dir: tmp.path().into(),
+                max_bytes: 1 << 30,
+                min_free_bytes: 0,
+                engine: EngineKind::Auto,
+            },
+            metrics,
+        )
+        .unwrap(),
+    );
+    let (p, obj, bytes, m) = setup(
+        5 * MIB as usize + 123,
+        PrefetchConfig::default(),
+        Some(cache),
+    )
+    .await;
+    let warmed = p.warm(obj.clone()).await.unwrap();
+    assert_eq!(warmed, 5 * MIB + 123);
+    let gets = m.get_requests.load(Ordering::Relaxed);
+    let r = p.open(obj);
+    let mut off = 0u64;
+    while off < bytes.len() as u64 {
+        let got = r.read(off, 1 << 20).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    assert_eq!(
+        m.get_requests.load(Ordering::Relaxed),
+        gets,
+        "no GET on the second pass"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_object_fails_the_read() {
+    let (p, obj, _, _) = setup(3 * MIB as usize, PrefetchConfig::default(), None).await;
+    let stale = PinnedObject {
+        etag: Some("\"not-the-etag\"".into()),
+        ..obj
+    };
+    let err = p.open(stale).read(0, 10).await.unwrap_err();
+    assert!(matches!(err, ReadError::Changed { .. }), "{err}");
+}

@@ -1,0 +1,149 @@
+//! End-to-end read path: prefetching and the disk cache through real FUSE mounts of the
+//! S3 test server.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn big(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+#[test]
+fn reads_through_the_cache_are_exact_and_survive_a_remount_without_gets() {
+    let s = server();
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("large.bin".into(), big(1, 20 * 1024 * 1024 + 12_345)),
+        ("d/small.bin".into(), big(2, 70_000)),
+        ("d/mid.bin".into(), big(3, 3 * 1024 * 1024)),
+    ];
+    for (k, v) in &files {
+        s.backend().put("bkt", k, v.clone());
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("c");
+    let args = ["--cache-dir", cache_dir.to_str().unwrap()];
+    {
+        let m = mount(&s, "s3://bkt", &args);
+        for (k, v) in &files {
+            assert_eq!(
+                sha(&std::fs::read(m.path().join(k)).unwrap()),
+                sha(v),
+                "{k}"
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(&cache_dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // One daemon per cache directory.
+        let other = tempfile::tempdir().unwrap();
+        let err = fails(
+            cmd(
+                &s,
+                &[
+                    "mount",
+                    "s3://bkt",
+                    other.path().to_str().unwrap(),
+                    "--cache-dir",
+                    cache_dir.to_str().unwrap(),
+                ],
+            )
+            .output()
+            .unwrap(),
+        );
+        assert!(err.contains("in use by another pai-mount"), "{err}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let gets = s.backend().counters.get();
+    let m = mount(&s, "s3://bkt", &args);
+    for (k, v) in &files {
+        assert_eq!(
+            sha(&std::fs::read(m.path().join(k)).unwrap()),
+            sha(v),
+            "{k}"
+        );
+    }
+    // One GET is the mount's look for a stored manifest; no data is fetched.
+    assert_eq!(
+        s.backend().counters.get(),
+        gets + 1,
+        "second mount reads only from the disk cache"
+    );
+}
+
+#[test]
+fn warm_fills_the_cache_for_a_later_mount_and_warms_paths_in_a_mount() {
+    let s = server();
+    for i in 0..20u8 {
+        s.backend()
+            .put("bkt", &format!("ds/f{i}.bin"), big(i, 200_000 + i as usize));
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("c");
+    let out = ok(cmd(
+        &s,
+        &[
+            "warm",
+            "s3://bkt/ds",
+            "--cache-dir",
+            dir.to_str().unwrap(),
+            "--jobs",
+            "4",
+        ],
+    )
+    .output()
+    .unwrap());
+    assert!(out.contains("warmed 20 of 20 objects"), "{out}");
+    let gets = s.backend().counters.get();
+    let m = mount(&s, "s3://bkt/ds", &["--cache-dir", dir.to_str().unwrap()]);
+    for i in 0..20u8 {
+        let got = std::fs::read(m.path().join(format!("f{i}.bin"))).unwrap();
+        assert_eq!(got, big(i, 200_000 + i as usize));
+    }
+    // One GET is the mount's look for a stored manifest; no data is fetched.
+    assert_eq!(
+        s.backend().counters.get(),
+        gets + 1,
+        "all reads from the warmed cache"
+    );
+    let out = ok(Command::new(BIN)
+        .args(["warm", m.path().to_str().unwrap(), "-j", "4"])
+        .output()
+        .unwrap());
+    assert!(out.contains("read 20 of 20 files"), "{out}");
+    let err = fails(cmd(&s, &["warm", "s3://bkt/ds"]).output().unwrap());
+    assert!(err.contains("--cache-dir"), "{err}");
+}
+
+#[test]
+fn parallel_sequential_readers_get_exact_bytes_under_a_small_budget() {
+    let s = server();
+    let data: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| big(i, 12 * 1024 * 1024 + i as usize))
+        .collect();
+    for (i, d) in data.iter().enumerate() {
+        s.backend().put("bkt", &format!("f{i}"), d.clone());
+    }
+    let m = mount(
+        &s,
+        "s3://bkt",
+        &["--prefetch-budget", "8M", "--part-size", "2M"],
+    );
+    std::thread::scope(|sc| {
+        for (i, d) in data.iter().enumerate() {
+            let p = m.path().join(format!("f{i}"));
+            sc.spawn(move || assert_eq!(sha(&std::fs::read(p).unwrap()), sha(d)));
+        }
+    });
+}
