@@ -81,6 +81,15 @@ pub fn run(a: MountArgs) -> anyhow::Result<()> {
             // SAFETY: setsid has no memory effects; it detaches us from the terminal's session.
             unsafe { libc::setsid() };
         }
+        // Prefetch parts are multi-MiB buffers allocated and freed all the time. By default
+        // glibc raises its mmap threshold after the first such free and then serves them from
+        // per-thread arenas that keep freed memory resident. Two arenas and a fixed 2 MiB
+        // threshold keep part buffers mmapped (returned to the system when freed), which holds
+        // the daemon's RSS near the prefetch budget (docs/benchmarks.md has the trade-off).
+        // SAFETY: mallopt only changes allocator tuning; it is called before any threads start.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        // SAFETY: as above.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20) };
         return serve(a, ready);
     }
     daemonize(&a)

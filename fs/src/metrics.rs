@@ -24,6 +24,8 @@ pub const DISK_SKIPPED: &str = "cache.disk_skipped";
 pub const PREFETCH_BYTES: &str = "prefetch.bytes_requested";
 pub const BUDGET_HELD: &str = "prefetch.budget_held_bytes";
 pub const BUDGET_PEAK: &str = "prefetch.budget_peak_bytes";
+pub const PARTS_LIVE: &str = "prefetch.part_bytes_live";
+pub const PARTS_PEAK: &str = "prefetch.part_bytes_peak";
 
 /// Process-wide counters, shared through an `Arc`.
 #[derive(Debug, Default)]
@@ -53,6 +55,9 @@ pub struct Metrics {
     /// Prefetched bytes currently held against the memory budget (a gauge), and its peak.
     pub budget_held: AtomicU64,
     pub budget_peak: AtomicU64,
+    /// Bytes of fetched parts (demand and prefetch) alive now, and the most ever.
+    pub parts_live: AtomicU64,
+    pub parts_peak: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +88,8 @@ impl Metrics {
             (PREFETCH_BYTES, g(&self.prefetch_bytes)),
             (BUDGET_HELD, g(&self.budget_held)),
             (BUDGET_PEAK, g(&self.budget_peak)),
+            (PARTS_LIVE, g(&self.parts_live)),
+            (PARTS_PEAK, g(&self.parts_peak)),
         ]
     }
 

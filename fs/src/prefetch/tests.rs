@@ -50,6 +50,7 @@ fn small_config() -> PrefetchConfig {
         budget: 3 * BLOCK_SIZE,
         seek_forward: 2 * BLOCK_SIZE,
         seek_back: BLOCK_SIZE,
+        random_granule: 64 * 1024,
     }
 }
 
@@ -127,21 +128,25 @@ async fn a_small_object_is_fetched_whole_on_first_read() {
 }
 
 #[tokio::test]
-async fn random_access_fetches_only_the_block_asked_for() {
+async fn random_access_fetches_only_its_granule_and_no_window() {
     let (p, obj, bytes, m) = setup(100 * MIB as usize, PrefetchConfig::default(), None).await;
     let r = p.open(obj);
     for off in [50 * MIB + 10, 10 * MIB + 5, 80 * MIB, 33 * MIB] {
-        assert_eq!(
-            &r.read(off, 4096).await.unwrap()[..],
-            &bytes[off as usize..off as usize + 4096]
-        );
+        let got = r.read(off, 4096).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + 4096]);
     }
+    let granule = 64 * 1024;
     assert_eq!(
         m.get_bytes.load(Ordering::Relaxed),
-        4 * MIB,
-        "one block per random read"
+        4 * granule,
+        "one granule per random read"
     );
     assert_eq!(m.prefetch_bytes.load(Ordering::Relaxed), 0);
+    // A read straddling a granule boundary fetches both granules, and is exact.
+    let off = 70 * MIB + 7 * granule - 100;
+    let got = r.read(off, 4096).await.unwrap();
+    assert_eq!(&got[..], &bytes[off as usize..off as usize + 4096]);
+    assert_eq!(m.get_bytes.load(Ordering::Relaxed), 6 * granule);
 }
 
 #[tokio::test]

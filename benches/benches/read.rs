@@ -1,0 +1,464 @@
+//! Read-path benchmark: prefetch and the disk cache through the real daemon, each workload next
+//! to a baseline measured in the same run, and the same workloads through
+//! `rclone mount --vfs-cache-mode full` when rclone is installed.
+//!
+//! ```sh
+//! cargo build --release -p pai-mount
+//! cargo bench -p pai-mount-benches --bench read            # PAI_BENCH_LATENCY_MS=20 by default
+//! ```
+//! Needs root (FUSE, and dropping the page cache for the cold and disk-cache rows).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use object_store::{GetOptions, GetRange, ObjectStore};
+use pai_mount_benches::peak_rss;
+use pai_test_s3::{ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    server: TestServer,
+    bin: PathBuf,
+    scratch: tempfile::TempDir,
+}
+
+/// A mount by the real daemon; unmounted (and its peak RSS read) on `stop`.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    fn stop(mut self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+        hwm
+    }
+}
+
+fn drop_caches() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn wait_mounted(dir: &Path) {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    for _ in 0..500 {
+        if pai_mount_fs::mountpoint::is_mount_point(&dir) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not mount", dir.display());
+}
+
+impl Bench {
+    fn mount(&self, prefix: &str, extra: &[&str]) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let child = Command::new(&self.bin)
+            .args([
+                "mount",
+                &format!("s3://bench/{prefix}"),
+                dir.to_str().unwrap(),
+            ])
+            .args([
+                "--endpoint",
+                &self.server.endpoint(),
+                "--path-style",
+                "--foreground",
+            ])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+            .env(
+                "PAI_MOUNT_LOG",
+                std::env::var("PAI_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .unwrap();
+        wait_mounted(&dir);
+        Daemon {
+            child,
+            dir,
+            _tmp: Some(tmp),
+        }
+    }
+
+    fn rclone(&self, prefix: &str) -> Option<Daemon> {
+        if Command::new("rclone")
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let cache = self
+            .scratch
+            .path()
+            .join(format!("rclone-cache-{}", rand_suffix()));
+        let child = Command::new("rclone")
+            .args([
+                "mount",
+                &format!("pais3:bench/{prefix}"),
+                dir.to_str().unwrap(),
+            ])
+            .args([
+                "--vfs-cache-mode",
+                "full",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ])
+            .args(["--read-only", "--dir-cache-time", "1h"])
+            .env("RCLONE_CONFIG_PAIS3_TYPE", "s3")
+            .env("RCLONE_CONFIG_PAIS3_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_PAIS3_ENDPOINT", self.server.endpoint())
+            .env("RCLONE_CONFIG_PAIS3_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+            .env("RCLONE_CONFIG_PAIS3_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+            .env("RCLONE_CONFIG_PAIS3_FORCE_PATH_STYLE", "true")
+            .env("RCLONE_CONFIG_PAIS3_LIST_VERSION", "2")
+            // Debian's rclone 1.60 cannot load a custom CA bundle with its HTTP transport.
+            .env_remove("AWS_CA_BUNDLE")
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_mounted(&dir);
+        Some(Daemon {
+            child,
+            dir,
+            _tmp: Some(tmp),
+        })
+    }
+
+    /// Raw ranged GETs of `keys` in `part`-sized pieces with `concurrency` in flight: MB/s.
+    fn raw_get_mbps(&self, keys: &[String], size: u64, part: u64, concurrency: usize) -> f64 {
+        let store = Arc::new(
+            object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name("bench")
+                .with_region("us-east-1")
+                .with_endpoint(self.server.endpoint())
+                .with_allow_http(true)
+                .with_access_key_id(DEFAULT_ACCESS_KEY)
+                .with_secret_access_key(DEFAULT_SECRET_KEY)
+                .build()
+                .unwrap(),
+        );
+        let ranges: Vec<(String, u64)> = keys
+            .iter()
+            .flat_map(|k| (0..size.div_ceil(part)).map(move |i| (k.clone(), i * part)))
+            .collect();
+        let t = Instant::now();
+        let total: u64 = self.rt.block_on(async {
+            futures::stream::iter(ranges)
+                .map(|(k, off)| {
+                    let s = store.clone();
+                    async move {
+                        let opts = GetOptions {
+                            range: Some(GetRange::Bounded(off..(off + part).min(size))),
+                            ..Default::default()
+                        };
+                        let r = s
+                            .get_opts(&object_store::path::Path::from(k), opts)
+                            .await
+                            .unwrap();
+                        r.bytes().await.unwrap().len() as u64
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .fold(0u64, |a, b| async move { a + b })
+                .await
+        });
+        total as f64 / t.elapsed().as_secs_f64() / 1e6
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// `dd if=path of=/dev/null bs=1M`: MB/s.
+fn dd(path: &Path) -> f64 {
+    let len = std::fs::metadata(path).unwrap().len();
+    let t = Instant::now();
+    let st = Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["of=/dev/null", "bs=1M", "status=none"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    len as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+fn dd_parallel(paths: &[PathBuf]) -> f64 {
+    let total: u64 = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for p in paths {
+            s.spawn(move || dd(p));
+        }
+    });
+    total as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+/// Reads `files` with `threads` threads: files/s.
+fn read_files(dir: &Path, files: &[String], threads: usize) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..threads {
+            s.spawn(move || {
+                for f in files.iter().skip(w).step_by(threads) {
+                    std::fs::read(dir.join(f)).unwrap();
+                }
+            });
+        }
+    });
+    files.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// 1,000 random 4 KiB preads: (p50 ms, p99 ms).
+fn random_reads(path: &Path, size: u64) -> (f64, f64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut lat = Vec::with_capacity(1000);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % (size / 4096)) * 4096;
+        let t = Instant::now();
+        f.read_exact_at(&mut buf, off).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (lat[499], lat[989])
+}
+
+/// Whether section `name` runs: all of them, or those listed in `PAI_BENCH_ONLY` (comma-separated:
+/// seq, parallel, sixteen, disk, small, random, rclone).
+fn on(name: &str) -> bool {
+    std::env::var("PAI_BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / MIB as f64
+}
+
+fn main() {
+    let latency_ms: u64 = std::env::var("PAI_BENCH_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pai-mount");
+    assert!(
+        bin.exists(),
+        "build the daemon first: cargo build --release -p pai-mount"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(TestServer::start(ServerConfig {
+            latency: Duration::from_millis(latency_ms),
+            ..ServerConfig::default()
+        }))
+        .unwrap();
+    server.backend().create_bucket("bench");
+    let scratch = tempfile::tempdir_in(
+        std::env::var("PAI_BENCH_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()),
+    )
+    .unwrap();
+    let b = Bench {
+        rt,
+        server,
+        bin,
+        scratch,
+    };
+    println!("pai-mount read benchmark; first-byte latency {latency_ms} ms; 2 cores");
+
+    // Data: sixteen 1 GiB objects (one buffer shared by all: the server stores `Bytes`), and
+    // 2,000 of 128 KiB.
+    let big: Vec<u8> = (0..GIB).map(|i| (i % 251) as u8).collect();
+    let big = bytes::Bytes::from(big);
+    for i in 0..16 {
+        b.server
+            .backend()
+            .put("bench", &format!("big/f{i}"), big.clone());
+    }
+    let small_names: Vec<String> = (0..2000).map(|i| format!("s{i:04}.bin")).collect();
+    for (i, n) in small_names.iter().enumerate() {
+        b.server.backend().put(
+            "bench",
+            &format!("small/{n}"),
+            vec![(i % 256) as u8; 128 * 1024],
+        );
+    }
+    let dropped = drop_caches();
+    if !dropped {
+        println!("note: cannot drop the page cache (not root); cold and disk rows include page-cache effects");
+    }
+
+    // Local-disk baselines: the same bytes in a plain file.
+    let local = b.scratch.path().join("local-1g");
+    std::fs::write(&local, &big).unwrap();
+
+    // 1. Cold sequential, one file; then re-reads from the page cache in the same mount.
+    if on("seq") {
+        drop_caches();
+        let raw1 = b.raw_get_mbps(&["big/f0".into()], GIB, 8 * MIB, 8);
+        let m = b.mount("big", &[]);
+        let one = dd(&m.dir.join("f0"));
+        // Best of 3, as for the local file (the first pass over cached pages still clears the
+        // kernel's readahead marks).
+        let again = (0..3).map(|_| dd(&m.dir.join("f0"))).fold(0.0, f64::max);
+        let hwm1 = m.stop();
+        let local_hot = (0..3).map(|_| dd(&local)).fold(0.0, f64::max);
+        println!("cold sequential 1 GiB (dd bs=1M): mount {one:.0} MB/s, raw 8x8 MiB ranged GETs {raw1:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB", one / raw1, mib(hwm1));
+        println!("warm re-read of 1 GiB in the same mount (page cache): {again:.0} MB/s; local file from page cache {local_hot:.0} MB/s, ratio {:.2}", again / local_hot);
+    }
+
+    // Four files in parallel.
+    if on("parallel") {
+        drop_caches();
+        let keys4: Vec<String> = (0..4).map(|i| format!("big/f{i}")).collect();
+        let raw4 = b.raw_get_mbps(&keys4, GIB, 8 * MIB, 32);
+        let m = b.mount("big", &[]);
+        let four = dd_parallel(
+            &(0..4)
+                .map(|i| m.dir.join(format!("f{i}")))
+                .collect::<Vec<_>>(),
+        );
+        let hwm4 = m.stop();
+        println!("cold sequential 4 x 1 GiB in parallel: mount {four:.0} MB/s, raw 32x8 MiB ranged GETs {raw4:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB (budget 1024 MiB)", four / raw4, mib(hwm4));
+    }
+
+    // 16 files read at once, at two budgets: peak RSS minus the budget is the constant the
+    // budget does not cover.
+    if on("sixteen") {
+        for budget in [256u64, 1024] {
+            drop_caches();
+            let m = b.mount("big", &["--prefetch-budget", &format!("{budget}M")]);
+            let paths: Vec<PathBuf> = (0..16).map(|i| m.dir.join(format!("f{i}"))).collect();
+            let sixteen = dd_parallel(&paths);
+            let hwm = m.stop();
+            println!(
+                "16 x 1 GiB files read in parallel, budget {budget} MiB: {sixteen:.0} MB/s; daemon peak RSS {:.0} MiB = budget + {:.0} MiB",
+                mib(hwm),
+                mib(hwm) - budget as f64
+            );
+        }
+    }
+
+    // 2. Warm sequential from the disk cache (page cache dropped for both).
+    if on("disk") {
+        let cache_dir = b.scratch.path().join("cache");
+        let cache_args = ["--cache-dir", cache_dir.to_str().unwrap()];
+        let m = b.mount("big", &cache_args);
+        dd(&m.dir.join("f0"));
+        m.stop();
+        drop_caches();
+        let m = b.mount("big", &cache_args);
+        let warm = dd(&m.dir.join("f0"));
+        let hwm = m.stop();
+        drop_caches();
+        let local_cold = dd(&local);
+        println!("warm sequential 1 GiB from the disk cache: {warm:.0} MB/s; local file, page cache dropped: {local_cold:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB", warm / local_cold, mib(hwm));
+    }
+
+    // 3. Small files.
+    for threads in [1, 8] {
+        if !on("small") {
+            break;
+        }
+        drop_caches();
+        let m = b.mount("small", &[]);
+        let cold = read_files(&m.dir, &small_names, threads);
+        m.stop();
+        let keys: Vec<String> = small_names.iter().map(|n| format!("small/{n}")).collect();
+        let raw = b.raw_get_mbps(&keys, 128 * 1024, 128 * 1024, threads) * 1e6 / (128.0 * 1024.0);
+        let sc = b.scratch.path().join(format!("cache-small-{threads}"));
+        let args = ["--cache-dir", sc.to_str().unwrap()];
+        let m = b.mount("small", &args);
+        read_files(&m.dir, &small_names, 8);
+        m.stop();
+        drop_caches();
+        let m = b.mount("small", &args);
+        let warm = read_files(&m.dir, &small_names, threads);
+        m.stop();
+        println!("small files 2,000 x 128 KiB, {threads} thread(s): cold {cold:.0} files/s (raw GETs {raw:.0} files/s, ratio {:.2}), warm from disk cache {warm:.0} files/s", cold / raw);
+    }
+
+    // 4. Random 4 KiB reads, cold.
+    let out_bytes = || {
+        b.server
+            .backend()
+            .counters
+            .bytes_out
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    if on("random") {
+        drop_caches();
+        let before = out_bytes();
+        let m = b.mount("big", &[]);
+        let (p50, p99) = random_reads(&m.dir.join("f1"), GIB);
+        m.stop();
+        let fetched = out_bytes() - before;
+        println!("random 4 KiB preads x1000 in 1 GiB, cold: p50 {p50:.1} ms, p99 {p99:.1} ms, read amplification {:.0}x ({:.0} MiB fetched for 3.9 MiB asked)", fetched as f64 / (1000.0 * 4096.0), mib(fetched));
+    }
+
+    // 5. rclone mount --vfs-cache-mode full, same server, same workloads.
+    if on("rclone") {
+        drop_caches();
+        if let Some(r) = b.rclone("big") {
+            let one = dd(&r.dir.join("f2"));
+            let before = out_bytes();
+            let (p50, p99) = random_reads(&r.dir.join("f3"), GIB);
+            let fetched = out_bytes() - before;
+            let hwm = r.stop();
+            drop_caches();
+            let r = b.rclone("small").unwrap();
+            let small8 = read_files(&r.dir, &small_names, 8);
+            r.stop();
+            println!("rclone (vfs-cache-mode full): cold sequential 1 GiB {one:.0} MB/s (peak RSS {:.0} MiB); small files 8 threads {small8:.0} files/s; random 4 KiB p50 {p50:.1} ms p99 {p99:.1} ms, amplification {:.0}x", mib(hwm), fetched as f64 / (1000.0 * 4096.0));
+        } else {
+            println!("rclone: not installed (apt-get install rclone) - peer column skipped");
+        }
+    }
+    println!(
+        "peak RSS of the benchmark process (server, objects, baselines): {:.0} MiB",
+        mib(peak_rss())
+    );
+}
