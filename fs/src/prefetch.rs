@@ -362,11 +362,15 @@ impl PrefetchReader {
             async move {
                 let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
                 if let Some(cache) = &cache {
-                    for (slot, id) in out.iter_mut().zip(&ids) {
-                        if let Some(id) = id {
-                            *slot = cache.get(id).await;
+                    // All blocks of the part at once: the engine overlaps their disk reads.
+                    let hits = futures::future::join_all(ids.iter().map(|id| async {
+                        match id {
+                            Some(id) => cache.get(id).await,
+                            None => None,
                         }
-                    }
+                    }))
+                    .await;
+                    out = hits;
                 }
                 let missing: Vec<u64> = blocks
                     .clone()
