@@ -131,6 +131,9 @@ pub struct CacheArgs {
     /// Largest prefetch window of one open file
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub max_window: u64,
+    /// GET requests in flight for the whole mount (bounds connection and buffer memory)
+    #[arg(long, default_value_t = 32)]
+    pub max_requests: usize,
     /// Disk cache I/O engine: auto (io_uring, else pread), uring or pread
     #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "pread"])]
     pub io_engine: String,

@@ -69,6 +69,7 @@ pub fn prefetcher(
             part_size: cache.part_size,
             max_window: cache.max_window,
             budget: cache.prefetch_budget,
+            max_requests: cache.max_requests,
             ..Default::default()
         },
     ))

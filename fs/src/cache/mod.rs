@@ -49,6 +49,8 @@ pub const BLOCK_SIZE: u64 = 1 << 20;
 const MAGIC: &[u8; 8] = b"PAIBLOCK";
 const VERSION: u32 = 1;
 const FIXED_HEADER: usize = 8 + 4 + 4 + 4 + 4;
+/// Tries to take the directory lock, 50 ms apart.
+const LOCK_ATTEMPTS: u32 = 20;
 /// How long a full cache waits before checking free space again.
 pub const FULL_RECHECK: Duration = Duration::from_secs(5);
 
@@ -137,8 +139,17 @@ impl DiskCache {
             .write(true)
             .open(dir.join("lock"))
             .map_err(&err)?;
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // A daemon that is still exiting, or a fork between another thread's fork and exec,
+        // can hold the lock for a moment: retry briefly before calling the directory taken.
+        let locked = (0..LOCK_ATTEMPTS).all(|attempt| {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            let held = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
+            if held && attempt + 1 < LOCK_ATTEMPTS {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            held
+        });
+        if locked {
             let holder = std::fs::read_to_string(dir.join("lock"))
                 .ok()
                 .map(|s| format!("pid {}", s.trim()))

@@ -51,6 +51,7 @@ fn small_config() -> PrefetchConfig {
         seek_forward: 2 * BLOCK_SIZE,
         seek_back: BLOCK_SIZE,
         random_granule: 64 * 1024,
+        max_requests: 3,
     }
 }
 
