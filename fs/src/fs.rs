@@ -365,6 +365,7 @@ impl Fs {
         match open.reader.read(offset, len).await {
             Ok(b) => {
                 Metrics::add(&self.metrics.read_bytes, b.len() as u64);
+                Metrics::add(&self.metrics.reads, 1);
                 Ok(b)
             }
             Err(e) => {

@@ -12,6 +12,7 @@ pub const GET_BYTES: &str = "object.get_bytes";
 pub const GET_ERRORS: &str = "object.get_errors";
 pub const FIRST_BYTE_MICROS: &str = "object.get_first_byte_micros_total";
 pub const READ_BYTES: &str = "fs.read_bytes";
+pub const READS: &str = "fs.reads";
 pub const LOOKUPS: &str = "fs.lookups";
 pub const STALE_READS: &str = "fs.stale_reads";
 pub const MEMORY_HITS: &str = "cache.memory_hits";
@@ -38,6 +39,8 @@ pub struct Metrics {
     /// Sum of first-byte latencies of GETs, in microseconds (divide by `get_requests`).
     pub first_byte_micros: AtomicU64,
     pub read_bytes: AtomicU64,
+    /// Read requests served (bytes / reads is the kernel's request size).
+    pub reads: AtomicU64,
     pub lookups: AtomicU64,
     pub stale_reads: AtomicU64,
     /// Read blocks already in a handle's prefetched or recent blocks.
@@ -76,6 +79,7 @@ impl Metrics {
             (GET_ERRORS, g(&self.get_errors)),
             (FIRST_BYTE_MICROS, g(&self.first_byte_micros)),
             (READ_BYTES, g(&self.read_bytes)),
+            (READS, g(&self.reads)),
             (LOOKUPS, g(&self.lookups)),
             (STALE_READS, g(&self.stale_reads)),
             (MEMORY_HITS, g(&self.memory_hits)),

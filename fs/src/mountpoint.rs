@@ -51,17 +51,33 @@ pub fn check(path: &Path) -> Result<PathBuf, MountPointError> {
     Ok(abs)
 }
 
+/// The `major:minor` device of the mount at `path` (absolute), from /proc/self/mountinfo.
+/// Reads no file under the mount, so it is safe before the FUSE session serves requests.
+pub fn mount_device(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = path.to_string_lossy();
+    info.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        (fields.len() > 4 && unescape(fields[4]) == wanted.as_ref()).then(|| fields[2].to_string())
+    })
+}
+
 /// Whether `path` (absolute) is listed in /proc/self/mountinfo.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.to_string_lossy();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| unescape(mp) == wanted.as_ref())
-    })
+    mount_device(path).is_some()
+}
+
+/// Sets the kernel readahead of the mount at `path` (absolute) to `kb` KiB, through its
+/// backing device in sysfs. The kernel starts FUSE mounts at 128 KiB whatever the filesystem
+/// asks for, which splits sequential reads into 128 KiB requests; a larger value lets them
+/// arrive as `max_read`-sized requests (8x fewer round trips at 1 MiB). Needs root.
+pub fn set_read_ahead_kb(path: &Path, kb: u32) -> io::Result<()> {
+    let dev = mount_device(path)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not a mount point"))?;
+    std::fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        kb.to_string(),
+    )
 }
 
 fn unescape(s: &str) -> String {
