@@ -552,6 +552,12 @@ impl PrefetchReader {
         Plan::Parts(wanted)
     }
 
+    /// Drops `part` from this handle's blocks (after it failed).
+    fn forget(&self, part: &Arc<Part>) {
+        let mut st = self.state.lock().unwrap();
+        st.parts.retain(|_, p| !Arc::ptr_eq(p, part));
+    }
+
     /// A random read: the disk cache if it has the block, else one GET of the range rounded
     /// out to the random granule.
     async fn read_direct(&self, range: Range<u64>) -> Result<Bytes, ReadError> {
@@ -615,7 +621,14 @@ impl ObjectReader for PrefetchReader {
                 Metrics::add(&self.source.metrics().memory_hits, 1);
             }
             prev = Some(Arc::as_ptr(part) as usize);
-            let blocks = part.result.clone().await.map_err(|e| clone_error(&e))?;
+            let blocks = match part.result.clone().await {
+                Ok(blocks) => blocks,
+                Err(e) => {
+                    // A failed fetch must not stick: forget it so the next read fetches again.
+                    self.forget(part);
+                    return Err(clone_error(&e));
+                }
+            };
             let block = &blocks[(b - part.blocks.start) as usize];
             let br = block_range(b, size);
             let from = range.start.max(br.start) - br.start;
