@@ -207,6 +207,13 @@ struct Part {
     _held: Option<Arc<Held>>,
 }
 
+impl Part {
+    /// Whether the fetch finished with an error (such a part is never reused).
+    fn failed(&self) -> bool {
+        self.result.peek().is_some_and(|r| r.is_err())
+    }
+}
+
 impl Drop for Part {
     fn drop(&mut self) {
         self.metrics
@@ -476,6 +483,8 @@ impl PrefetchReader {
         let size = self.object.size;
         let demand = blocks_of(range);
         let mut st = self.state.lock().unwrap();
+        // A part that failed (a prefetch during an outage, say) is fetched again when needed.
+        st.parts.retain(|_, p| !p.failed());
         let holds_first = st.parts.contains_key(&demand.start);
         let sequential = st.started
             && (holds_first
@@ -603,6 +612,18 @@ enum Plan {
 #[async_trait::async_trait]
 impl ObjectReader for PrefetchReader {
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ReadError> {
+        match self.read_once(offset, len).await {
+            // The failure may come from a part fetched earlier (a prefetch during an outage that
+            // is over now); failed parts are forgotten, so one more try fetches afresh. A changed
+            // or deleted object is final.
+            Err(ReadError::Store { .. }) => self.read_once(offset, len).await,
+            other => other,
+        }
+    }
+}
+
+impl PrefetchReader {
+    async fn read_once(&self, offset: u64, len: u32) -> Result<Bytes, ReadError> {
         let size = self.object.size;
         if offset >= size || len == 0 {
             return Ok(Bytes::new());
