@@ -196,8 +196,16 @@ impl MemoryBudget {
 
 type PartResult = Result<Arc<Vec<Bytes>>, Arc<ReadError>>;
 
+/// Parts in flight or held by any handle, by (object identity, block): handles of the same
+/// object find each other's parts here instead of fetching the same bytes again. Weak
+/// references, so the registry never keeps a part (or its budget) alive.
+type Registry = std::sync::Mutex<std::collections::HashMap<(Arc<str>, u64), std::sync::Weak<Part>>>;
+
 struct Part {
     blocks: Range<u64>,
+    /// Where this part is registered, to unregister on drop.
+    registry: Arc<Registry>,
+    ident: Arc<str>,
     /// Bytes of the fetched result, once there (for the live-bytes gauge).
     live: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
@@ -216,6 +224,16 @@ impl Part {
 
 impl Drop for Part {
     fn drop(&mut self) {
+        // Lock order: a handle's state, then the registry. Parts are never dropped while the
+        // registry lock is held (see `plan`), so this cannot deadlock.
+        if let Ok(mut reg) = self.registry.lock() {
+            for b in self.blocks.clone() {
+                let key = (self.ident.clone(), b);
+                if reg.get(&key).is_some_and(|w| w.strong_count() == 0) {
+                    reg.remove(&key);
+                }
+            }
+        }
         self.metrics
             .parts_live
             .fetch_sub(self.live.swap(0, Ordering::AcqRel), Ordering::Relaxed);
@@ -231,6 +249,7 @@ impl Drop for Part {
 pub struct Prefetcher {
     source: ObjectSource,
     requests: Arc<Semaphore>,
+    registry: Arc<Registry>,
     cache: Option<Arc<DiskCache>>,
     budget: Arc<MemoryBudget>,
     config: PrefetchConfig,
@@ -248,6 +267,7 @@ impl Prefetcher {
         let root = source.source().display_root().into();
         Self {
             requests: Arc::new(Semaphore::new(config.max_requests.max(1))),
+            registry: Arc::default(),
             source,
             cache,
             budget,
@@ -281,8 +301,16 @@ impl Prefetcher {
 
     fn reader(&self, object: PinnedObject) -> PrefetchReader {
         self.open_readers.fetch_add(1, Ordering::Relaxed);
+        let ident: Arc<str> = format!(
+            "{}\u{0}{}",
+            object.key,
+            object.etag.as_deref().unwrap_or("")
+        )
+        .into();
         PrefetchReader {
             object,
+            ident,
+            registry: self.registry.clone(),
             requests: self.requests.clone(),
             source: self.source.clone(),
             cache: self.cache.clone(),
@@ -318,6 +346,9 @@ struct State {
 /// The reader of one open handle.
 pub struct PrefetchReader {
     object: PinnedObject,
+    /// Key and ETag: handles with the same identity share parts.
+    ident: Arc<str>,
+    registry: Arc<Registry>,
     requests: Arc<Semaphore>,
     source: ObjectSource,
     cache: Option<Arc<DiskCache>>,
@@ -469,6 +500,8 @@ impl PrefetchReader {
         .shared();
         Arc::new(Part {
             blocks,
+            registry: self.registry.clone(),
+            ident: self.ident.clone(),
             live,
             metrics: self.source.metrics().clone(),
             result,
@@ -518,23 +551,24 @@ impl PrefetchReader {
         if !sequential {
             st.next = range.end;
         }
-        // Demand blocks: one part per run of blocks not yet held.
+        // Parts found in the registry whose fetch failed; dropped after the lock is released.
+        let mut discard: Vec<Arc<Part>> = Vec::new();
+        let mut reg = self.registry.lock().unwrap();
+        // Demand blocks: held by this handle, shared by another, or one new part per run.
         let missing: Vec<u64> = demand
             .clone()
-            .filter(|b| !st.parts.contains_key(b))
+            .filter(|&b| !self.adopt(&reg, &mut st, b, &mut discard))
             .collect();
         for run in runs(&missing, u64::MAX) {
             let part = self.spawn_part(run.clone(), None);
-            for b in run {
-                st.parts.insert(b, part.clone());
-            }
+            self.register(&mut reg, &mut st, &part, &mut discard);
         }
         let wanted: Vec<Arc<Part>> = demand.clone().map(|b| st.parts[&b].clone()).collect();
-        // Prefetch: blocks after the demand, up to the window, that are not held yet.
+        // Prefetch: blocks after the demand, up to the window, that nobody holds yet.
         if sequential || range.start == 0 {
             let end_block = blocks_of(&(0..(range.end + st.window).min(size))).end;
             let ahead: Vec<u64> = (demand.end..end_block)
-                .filter(|b| !st.parts.contains_key(b))
+                .filter(|&b| !self.adopt(&reg, &mut st, b, &mut discard))
                 .collect();
             let part_blocks = (self.config.part_size / BLOCK_SIZE).max(1);
             'parts: for run in runs(&ahead, part_blocks) {
@@ -547,18 +581,61 @@ impl PrefetchReader {
                     let bytes =
                         block_range(blocks.end - 1, size).end - block_range(start, size).start;
                     Metrics::add(&self.source.metrics().prefetch_bytes, bytes);
-                    let part = self.spawn_part(blocks.clone(), Some(held));
-                    for b in blocks {
-                        st.parts.insert(b, part.clone());
-                    }
+                    let part = self.spawn_part(blocks, Some(held));
+                    self.register(&mut reg, &mut st, &part, &mut discard);
                     start += n;
                 }
             }
         }
+        drop(reg);
+        drop(discard);
         // Forget blocks more than one block behind this read.
         let keep_from = demand.start.saturating_sub(1);
         st.parts = st.parts.split_off(&keep_from);
         Plan::Parts(wanted)
+    }
+
+    /// Whether block `b` is held now: by this handle already, or adopted from another handle's
+    /// live part. Failed parts go to `discard`, to be dropped after the registry lock.
+    fn adopt(
+        &self,
+        reg: &std::collections::HashMap<(Arc<str>, u64), std::sync::Weak<Part>>,
+        st: &mut State,
+        b: u64,
+        discard: &mut Vec<Arc<Part>>,
+    ) -> bool {
+        if st.parts.contains_key(&b) {
+            return true;
+        }
+        match reg
+            .get(&(self.ident.clone(), b))
+            .and_then(std::sync::Weak::upgrade)
+        {
+            Some(p) if !p.failed() => {
+                st.parts.insert(b, p);
+                true
+            }
+            Some(p) => {
+                discard.push(p);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records a new part as this handle's, and in the registry for others. A part it
+    /// replaces goes to `discard` (never dropped under the registry lock).
+    fn register(
+        &self,
+        reg: &mut std::collections::HashMap<(Arc<str>, u64), std::sync::Weak<Part>>,
+        st: &mut State,
+        part: &Arc<Part>,
+        discard: &mut Vec<Arc<Part>>,
+    ) {
+        for b in part.blocks.clone() {
+            discard.extend(st.parts.insert(b, part.clone()));
+            reg.insert((self.ident.clone(), b), Arc::downgrade(part));
+        }
     }
 
     /// Drops `part` from this handle's blocks (after it failed).

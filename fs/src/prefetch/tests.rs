@@ -252,3 +252,32 @@ async fn a_changed_object_fails_the_read() {
     let err = p.open(stale).read(0, 10).await.unwrap_err();
     assert!(matches!(err, ReadError::Changed { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn handles_of_the_same_object_share_fetched_blocks() {
+    let (p, obj, bytes, m) = setup(24 * MIB as usize, PrefetchConfig::default(), None).await;
+    let p = Arc::new(p);
+    let bytes = Arc::new(bytes);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (p, obj, bytes) = (p.clone(), obj.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = p.open(obj);
+            let mut off = 0u64;
+            while off < 24 * MIB {
+                let got = r.read(off, 1 << 20).await.unwrap();
+                assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
+                off += got.len() as u64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let fetched = m.get_bytes.load(Ordering::Relaxed);
+    // Four readers in step fetch each block about once, not four times.
+    assert!(
+        fetched < 2 * 24 * MIB,
+        "fetched {fetched} bytes for four readers of 24 MiB"
+    );
+}
