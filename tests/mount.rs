@@ -329,3 +329,25 @@ fn ownership_and_mode_options_apply_and_allow_other_is_off_unless_asked() {
         .unwrap();
     assert!(line.contains("allow_other"), "{line}");
 }
+
+#[test]
+fn transient_503s_and_cut_connections_do_not_reach_readers() {
+    let s = server();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    s.backend().put("bkt", "f.bin", data.clone());
+    let m = mount(&s, "s3://bkt", &[]);
+    s.backend().faults.fail_next(3);
+    assert_eq!(std::fs::read(m.path().join("f.bin")).unwrap(), data);
+    drop(m);
+    let m = mount(&s, "s3://bkt", &[]);
+    s.backend().faults.cut_next_gets(2, 10_000);
+    assert_eq!(std::fs::read(m.path().join("f.bin")).unwrap(), data);
+    // An outage longer than the retries is EIO for that read, and reads work again after it.
+    drop(m);
+    let m = mount(&s, "s3://bkt", &[]);
+    s.backend().faults.fail_next(1000);
+    let err = std::fs::read(m.path().join("f.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    s.backend().faults.fail_next(0);
+    assert_eq!(std::fs::read(m.path().join("f.bin")).unwrap(), data);
+}
