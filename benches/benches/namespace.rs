@@ -15,10 +15,10 @@ use pai_mount_fs::fuse::{self, MountOptions};
 use pai_mount_fs::manifest::{self, BuildOptions, BuildProgress, Entry, Etag, Header, Manifest};
 use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::namespace::Namespace;
-use pai_mount_fs::object::credentials::{CredentialFlags, ProcessEnv};
+use pai_mount_fs::object::credentials::ProcessEnv;
 use pai_mount_fs::object::{ObjectSource, Source, StoreOptions};
 use pai_mount_fs::prefetch::{PrefetchConfig, Prefetcher};
-use pai_test_s3::{ServerConfig, TestServer};
+use pai_test_s3::TestServer;
 
 fn header(n: usize) -> Header {
     Header {
@@ -85,27 +85,8 @@ impl Env {
 }
 
 fn env(latency: Duration) -> Env {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt
-        .block_on(TestServer::start(ServerConfig {
-            latency,
-            ..ServerConfig::default()
-        }))
-        .unwrap();
-    server.backend().create_bucket("bench");
-    let options = StoreOptions {
-        endpoint: Some(server.endpoint()),
-        path_style: true,
-        credentials: CredentialFlags {
-            access_key_id: Some(pai_test_s3::DEFAULT_ACCESS_KEY.into()),
-            secret_access_key: Some(pai_test_s3::DEFAULT_SECRET_KEY.into()),
-            session_token: None,
-        },
-        ..Default::default()
-    };
+    let (rt, server) = pai_mount_benches::start_server(latency);
+    let options = pai_mount_benches::store_options(&server);
     Env {
         rt,
         server,

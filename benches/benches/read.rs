@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use pai_mount_benches::peak_rss;
-use pai_test_s3::{ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
+use pai_test_s3::{TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -286,17 +286,7 @@ fn main() {
         bin.exists(),
         "build the daemon first: cargo build --release -p pai-mount"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt
-        .block_on(TestServer::start(ServerConfig {
-            latency: Duration::from_millis(latency_ms),
-            ..ServerConfig::default()
-        }))
-        .unwrap();
-    server.backend().create_bucket("bench");
+    let (rt, server) = pai_mount_benches::start_server(Duration::from_millis(latency_ms));
     let scratch = tempfile::tempdir_in(
         std::env::var("PAI_BENCH_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()),
     )

@@ -35,3 +35,35 @@ pub fn imagenet_keys(n: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// A runtime and an S3 test server with `latency` of first-byte latency and a `bench` bucket.
+pub fn start_server(
+    latency: std::time::Duration,
+) -> (tokio::runtime::Runtime, pai_test_s3::TestServer) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = rt
+        .block_on(pai_test_s3::TestServer::start(pai_test_s3::ServerConfig {
+            latency,
+            ..pai_test_s3::ServerConfig::default()
+        }))
+        .expect("test server");
+    server.backend().create_bucket("bench");
+    (rt, server)
+}
+
+/// Store options that reach `server` path-style with its credentials.
+pub fn store_options(server: &pai_test_s3::TestServer) -> pai_mount_fs::object::StoreOptions {
+    pai_mount_fs::object::StoreOptions {
+        endpoint: Some(server.endpoint()),
+        path_style: true,
+        credentials: pai_mount_fs::object::credentials::CredentialFlags {
+            access_key_id: Some(pai_test_s3::DEFAULT_ACCESS_KEY.into()),
+            secret_access_key: Some(pai_test_s3::DEFAULT_SECRET_KEY.into()),
+            session_token: None,
+        },
+        ..Default::default()
+    }
+}
