@@ -66,6 +66,17 @@ impl Progress {
     }
 }
 
+/// Prints the first failures and turns any failure into an error (a non-zero exit).
+fn report_failures(errors: &[String], failed: u64, what: &str) -> anyhow::Result<()> {
+    for e in errors.iter().take(10) {
+        eprintln!("  failed: {e}");
+    }
+    if failed > 0 {
+        bail!("{failed} {what}");
+    }
+    Ok(())
+}
+
 pub fn run(a: WarmArgs) -> anyhow::Result<()> {
     crate::init_logging("warn");
     if a.store.source.contains("://") {
@@ -113,13 +124,7 @@ fn warm_source(a: &WarmArgs) -> anyhow::Result<()> {
             done - failed,
             total as f64 / secs / 1e6
         );
-        for e in errors.lock().unwrap().iter().take(10) {
-            eprintln!("  failed: {e}");
-        }
-        if failed > 0 {
-            bail!("{failed} objects could not be warmed");
-        }
-        Ok(())
+        report_failures(&errors.lock().unwrap(), failed, "objects could not be warmed")
     })
 }
 
@@ -178,11 +183,5 @@ fn warm_path(path: &Path, jobs: usize) -> anyhow::Result<()> {
         done - failed,
         total as f64 / secs / 1e6
     );
-    for e in errors.lock().unwrap().iter().take(10) {
-        eprintln!("  failed: {e}");
-    }
-    if failed > 0 {
-        bail!("{failed} files could not be read");
-    }
-    Ok(())
+    report_failures(&errors.lock().unwrap(), failed, "files could not be read")
 }
