@@ -124,7 +124,8 @@ fn warm_source(a: &WarmArgs) -> anyhow::Result<()> {
             done - failed,
             total as f64 / secs / 1e6
         );
-        report_failures(&errors.lock().unwrap(), failed, "objects could not be warmed")
+        let errors = errors.lock().unwrap().clone();
+        report_failures(&errors, failed, "objects could not be warmed")
     })
 }
 
@@ -183,5 +184,6 @@ fn warm_path(path: &Path, jobs: usize) -> anyhow::Result<()> {
         done - failed,
         total as f64 / secs / 1e6
     );
-    report_failures(&errors.lock().unwrap(), failed, "files could not be read")
+    let errors = errors.into_inner().unwrap();
+    report_failures(&errors, failed, "files could not be read")
 }
