@@ -11,11 +11,20 @@
 //! one, `forget` subtracts); a retired snapshot is dropped when that count reaches zero, or
 //! when more than [`MAX_RETIRED`] are retired, after which its inodes answer `ESTALE`.
 //!
+//! ## Writes
+//! Changes live in the [`overlay`] on top of the snapshot; file content lives in
+//! [`crate::write`] nodes (staging files and the uploader). Write operations are in
+//! [`write_ops`]. Without a [`WriteBack`] the mount is read-only and every change is `EROFS`.
+//!
 //! ## Invariants
-//! - Reads return only bytes of the object version pinned at `open` (see [`crate::object`]).
-//! - Every handle holds its own pinned copy of key, size and ETag; a refresh never changes
-//!   what an open handle reads.
-//! - The mount is read-only: every mutating operation is `EROFS`.
+//! - Reads of an unchanged file return only bytes of the object version pinned at `open`
+//!   (see [`crate::object`]); reads of a changed file return its staged bytes, or the object
+//!   version this mount uploaded.
+//! - Every read-only handle of an unchanged file holds its own pinned copy of key, size and
+//!   ETag; a refresh never changes what it reads.
+//! - An inode number never changes meaning: entries moved by `rename` keep theirs.
+//! - Locks: the overlay lock and a node's state lock are never held across an `await`; a
+//!   node's commit lock may be, and is always taken before the overlay lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +36,19 @@ use bytes::Bytes;
 use crate::error::FsError;
 use crate::metrics::Metrics;
 use crate::namespace::{Namespace, NodeKind};
-use crate::reader::{ObjectReader, ReaderFactory};
+use crate::reader::{ObjectReader, PinnedObject, ReaderFactory};
+use crate::write::{FileNode, WriteBack};
+
+pub mod overlay;
+mod write_ops;
+
+pub use write_ops::SetAttr;
+
+use overlay::{Entry, Overlay};
 
 pub const ROOT_INO: u64 = 1;
+/// Inodes of entries made by this mount have this bit set (snapshot inodes never do).
+pub const OVERLAY_INO: u64 = 1 << 62;
 /// Retired snapshots kept alive for inodes the kernel still holds.
 pub const MAX_RETIRED: usize = 2;
 /// Default entry and attribute TTL. The manifest is a snapshot, so attributes cannot change
@@ -107,11 +126,36 @@ pub struct DirEntry<'a> {
 pub struct FsStats {
     pub files: u64,
     pub bytes: u64,
+    /// Bytes that may still be written (free space of the staging disk; 0 when read-only).
+    pub free: u64,
 }
 
-struct OpenFile {
-    reader: Box<dyn ObjectReader>,
-    key: Arc<str>,
+/// What an inode is.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// An entry of a snapshot.
+    Base { snap: Arc<Snapshot>, node: u32 },
+    /// A file with a node (written, renamed or touched in this mount).
+    File(Arc<FileNode>),
+    /// A directory made or moved in this mount.
+    Dir { ino: u64, mtime_ms: i64 },
+}
+
+/// A handle's reader of a node's object, with the ETag it is pinned to.
+type NodeReader = Mutex<Option<(Option<String>, Arc<dyn ObjectReader>)>>;
+
+enum OpenFile {
+    /// An unchanged file of a snapshot, pinned at open.
+    Base {
+        reader: Box<dyn ObjectReader>,
+        key: Arc<str>,
+    },
+    /// A file with a node: reads its staged bytes, or its current object.
+    Node {
+        node: Arc<FileNode>,
+        write: bool,
+        reader: NodeReader,
+    },
 }
 
 #[derive(Debug)]
@@ -128,6 +172,9 @@ pub struct Fs {
     readers: Arc<dyn ReaderFactory>,
     config: FsConfig,
     metrics: Arc<Metrics>,
+    overlay: RwLock<Overlay>,
+    write: Option<Arc<WriteBack>>,
+    next_ino: AtomicU64,
 }
 
 impl Fs {
@@ -151,7 +198,58 @@ impl Fs {
             readers,
             config,
             metrics,
+            overlay: RwLock::new(Overlay::default()),
+            write: None,
+            next_ino: AtomicU64::new(OVERLAY_INO + 1),
         }
+    }
+
+    /// Makes the mount writable through `write`. Files it recovered from an earlier mount
+    /// (`recovered`) appear at their keys at once.
+    pub fn with_write_back(mut self, write: Arc<WriteBack>, recovered: Vec<Arc<FileNode>>) -> Self {
+        {
+            let snap = self.current();
+            let mut ov = self.overlay.write().unwrap();
+            for node in recovered {
+                let key = node.state().key.clone();
+                if let Some(id) = base_lookup_path(&snap.namespace, &key) {
+                    let info = snap.namespace.info(id).expect("exists");
+                    if info.kind == NodeKind::File {
+                        node.state().remote = Some(crate::write::Remote {
+                            size: info.size,
+                            etag: snap.namespace.etag_of(id),
+                        });
+                    }
+                }
+                // Recovered files need directories to be reachable.
+                let mut dir = overlay::parent_of(&key).to_string();
+                while !dir.is_empty() && base_lookup_path(&snap.namespace, &dir).is_none() {
+                    if ov.get(&dir).is_none() {
+                        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+                        ov.put(
+                            dir.clone(),
+                            Entry::Dir {
+                                ino,
+                                mtime_ms: now_ms(),
+                            },
+                        );
+                    }
+                    dir = overlay::parent_of(&dir).to_string();
+                }
+                ov.put(key, Entry::File(node));
+            }
+        }
+        self.write = Some(write);
+        self
+    }
+
+    /// A fresh overlay inode number.
+    pub(crate) fn new_ino(&self) -> u64 {
+        self.next_ino.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn write_back(&self) -> Option<&Arc<WriteBack>> {
+        self.write.as_ref()
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -192,8 +290,44 @@ impl Fs {
         generation
     }
 
-    /// Finds the snapshot and node of an inode.
-    fn resolve(&self, ino: u64) -> Result<(Arc<Snapshot>, u32), FsError> {
+    /// Finds what an inode is, and its path.
+    pub(crate) fn resolve(&self, ino: u64) -> Result<(Target, String), FsError> {
+        {
+            let ov = self.overlay.read().unwrap();
+            if !ov.is_empty() {
+                if let Some(path) = ov.path_of(ino) {
+                    match ov.get(path) {
+                        Some(Entry::File(n)) => {
+                            return Ok((Target::File(n.clone()), path.to_string()))
+                        }
+                        Some(Entry::Dir { ino, mtime_ms }) => {
+                            return Ok((
+                                Target::Dir {
+                                    ino: *ino,
+                                    mtime_ms: *mtime_ms,
+                                },
+                                path.to_string(),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if ino & OVERLAY_INO != 0 {
+            return Err(FsError::StaleInode(ino));
+        }
+        let (snap, node) = self.resolve_base(ino)?;
+        let path = if self.overlay.read().unwrap().is_empty() {
+            String::new()
+        } else {
+            snap.namespace.key_of(node)
+        };
+        Ok((Target::Base { snap, node }, path))
+    }
+
+    /// Finds the snapshot and node of a snapshot inode.
+    fn resolve_base(&self, ino: u64) -> Result<(Arc<Snapshot>, u32), FsError> {
         let s = self.snapshots.read().unwrap();
         if ino == ROOT_INO {
             return Ok((s.current.clone(), Namespace::ROOT));
@@ -236,19 +370,96 @@ impl Fs {
         }
     }
 
+    pub(crate) fn target_attr(&self, t: &Target) -> Attr {
+        match t {
+            Target::Base { snap, node } => self.attr(snap, *node),
+            Target::File(n) => {
+                let st = n.state();
+                Attr {
+                    ino: n.ino,
+                    kind: NodeKind::File,
+                    size: st.size,
+                    mtime: UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64),
+                    perm: self.config.file_mode,
+                    nlink: 1,
+                    uid: self.config.uid,
+                    gid: self.config.gid,
+                }
+            }
+            Target::Dir { ino, mtime_ms } => Attr {
+                ino: *ino,
+                kind: NodeKind::Dir,
+                size: 0,
+                mtime: UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64),
+                perm: self.config.dir_mode,
+                nlink: 2,
+                uid: self.config.uid,
+                gid: self.config.gid,
+            },
+        }
+    }
+
+    /// Finds `name` in the directory `parent` (at `parent_path`), through the overlay.
+    pub(crate) fn child(
+        &self,
+        parent: &Target,
+        parent_path: &str,
+        name: &str,
+    ) -> Result<(Target, String), FsError> {
+        let path = overlay::join(parent_path, name);
+        let ov = self.overlay.read().unwrap();
+        match ov.get(&path) {
+            Some(Entry::File(n)) => return Ok((Target::File(n.clone()), path)),
+            Some(Entry::Dir { ino, mtime_ms }) => {
+                return Ok((
+                    Target::Dir {
+                        ino: *ino,
+                        mtime_ms: *mtime_ms,
+                    },
+                    path,
+                ))
+            }
+            Some(Entry::Whiteout) => return Err(FsError::NotFound),
+            None => {}
+        }
+        match parent {
+            Target::File(_) => Err(FsError::NotDir),
+            Target::Dir { .. } => Err(FsError::NotFound),
+            Target::Base { snap, node } => {
+                if snap.namespace.info(*node).map(|i| i.kind) != Some(NodeKind::Dir) {
+                    return Err(FsError::NotDir);
+                }
+                if ov.hides_below(parent_path) {
+                    return Err(FsError::NotFound);
+                }
+                let child = snap
+                    .namespace
+                    .lookup(*node, name.as_bytes())
+                    .ok_or(FsError::NotFound)?;
+                Ok((
+                    Target::Base {
+                        snap: snap.clone(),
+                        node: child,
+                    },
+                    path,
+                ))
+            }
+        }
+    }
+
     /// Looks up `name` in `parent`. On success the kernel holds one more lookup on the result.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         Metrics::add(&self.metrics.lookups, 1);
         if name.len() > crate::namespace::NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        let (snap, dir) = self.resolve(parent)?;
-        if snap.namespace.info(dir).map(|i| i.kind) != Some(NodeKind::Dir) {
-            return Err(FsError::NotDir);
+        let (dir, dir_path) = self.resolve(parent)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let (t, _) = self.child(&dir, &dir_path, name)?;
+        if let Target::Base { snap, .. } = &t {
+            snap.lookups.fetch_add(1, Ordering::AcqRel);
         }
-        let node = snap.namespace.lookup(dir, name).ok_or(FsError::NotFound)?;
-        snap.lookups.fetch_add(1, Ordering::AcqRel);
-        Ok(self.attr(&snap, node))
+        Ok(self.target_attr(&t))
     }
 
     /// The kernel dropped `n` lookups on `ino`.
@@ -278,8 +489,8 @@ impl Fs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let (snap, node) = self.resolve(ino)?;
-        Ok(self.attr(&snap, node))
+        let (t, _) = self.resolve(ino)?;
+        Ok(self.target_attr(&t))
     }
 
     /// Lists a directory from `offset` (0 = start; entries 0 and 1 are `.` and `..`).
@@ -292,7 +503,14 @@ impl Fs {
         plus: bool,
         mut add: impl FnMut(DirEntry<'_>) -> bool,
     ) -> Result<(), FsError> {
-        let (snap, dir) = self.resolve(ino)?;
+        let (target, path) = self.resolve(ino)?;
+        let (snap, dir) = match &target {
+            Target::Base { snap, node } if !self.overlay.read().unwrap().touches(&path) => {
+                (snap.clone(), *node)
+            }
+            Target::File(_) => return Err(FsError::NotDir),
+            _ => return self.readdir_merged(&target, &path, offset, plus, add),
+        };
         let ns = &snap.namespace;
         if ns.info(dir).map(|i| i.kind) != Some(NodeKind::Dir) {
             return Err(FsError::NotDir);
@@ -332,37 +550,186 @@ impl Fs {
         Ok(())
     }
 
-    /// Opens a file for reading and pins its key, size and ETag.
+    /// A merged listing: snapshot children not hidden by the overlay, then overlay entries.
+    fn readdir_merged(
+        &self,
+        target: &Target,
+        path: &str,
+        offset: u64,
+        plus: bool,
+        mut add: impl FnMut(DirEntry<'_>) -> bool,
+    ) -> Result<(), FsError> {
+        let list = self.list_dir(target, path)?;
+        let dot = self.target_attr(target);
+        let total = list.len() as u64 + 2;
+        for i in offset..total {
+            let (name, attr, base_snap) = match i {
+                0 => (".", dot, None),
+                1 => (
+                    "..",
+                    Attr {
+                        ino: ROOT_INO,
+                        ..dot
+                    },
+                    None,
+                ),
+                _ => {
+                    let (name, t) = &list[(i - 2) as usize];
+                    let snap = match t {
+                        Target::Base { snap, .. } => Some(snap),
+                        _ => None,
+                    };
+                    (name.as_str(), self.target_attr(t), snap)
+                }
+            };
+            if add(DirEntry {
+                next_offset: i + 1,
+                name,
+                attr,
+            }) {
+                break;
+            }
+            if let (true, Some(snap)) = (plus, base_snap) {
+                snap.lookups.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        Ok(())
+    }
+
+    /// The children of a directory through the overlay: snapshot children in name order (less
+    /// what the overlay hides or replaces), then entries only the overlay has, in name order.
+    pub(crate) fn list_dir(
+        &self,
+        target: &Target,
+        path: &str,
+    ) -> Result<Vec<(String, Target)>, FsError> {
+        let ov = self.overlay.read().unwrap();
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        match target {
+            Target::File(_) => return Err(FsError::NotDir),
+            Target::Base { snap, node } => {
+                if snap.namespace.info(*node).map(|i| i.kind) != Some(NodeKind::Dir) {
+                    return Err(FsError::NotDir);
+                }
+                if !ov.hides_below(path) {
+                    for &kid in snap.namespace.children(*node) {
+                        let name = snap.namespace.name_of(kid);
+                        seen.insert(name.to_string());
+                        let t = match ov.get(&overlay::join(path, name)) {
+                            Some(Entry::Whiteout) => continue,
+                            Some(Entry::File(n)) => Target::File(n.clone()),
+                            Some(Entry::Dir { ino, mtime_ms }) => Target::Dir {
+                                ino: *ino,
+                                mtime_ms: *mtime_ms,
+                            },
+                            None => Target::Base {
+                                snap: snap.clone(),
+                                node: kid,
+                            },
+                        };
+                        out.push((name.to_string(), t));
+                    }
+                }
+            }
+            Target::Dir { .. } => {}
+        }
+        for (name, e) in ov.children(path) {
+            if seen.contains(name) {
+                continue;
+            }
+            let t = match e {
+                Entry::Whiteout => continue,
+                Entry::File(n) => Target::File(n.clone()),
+                Entry::Dir { ino, mtime_ms } => Target::Dir {
+                    ino: *ino,
+                    mtime_ms: *mtime_ms,
+                },
+            };
+            out.push((name.to_string(), t));
+        }
+        Ok(out)
+    }
+
+    /// Opens a file. Write access needs write-back; opening a snapshot file for writing gives
+    /// it a node (its content is staged on the first write).
     pub fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
-        let (snap, node) = self.resolve(ino)?;
-        let info = snap.namespace.info(node).expect("resolved");
-        if info.kind == NodeKind::Dir {
-            return Err(FsError::IsDir);
-        }
-        if write {
-            return Err(FsError::ReadOnly);
-        }
-        let object = snap.namespace.pin(node).expect("a resolved file");
-        let key = object.key.clone();
+        let (target, path) = self.resolve(ino)?;
+        let open = match target {
+            Target::Dir { .. } => return Err(FsError::IsDir),
+            Target::Base { snap, node } => {
+                let info = snap.namespace.info(node).expect("resolved");
+                if info.kind == NodeKind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                if write {
+                    let path = if path.is_empty() {
+                        snap.namespace.key_of(node)
+                    } else {
+                        path
+                    };
+                    let node = self.node_for_base(&snap, node, path)?;
+                    self.open_node(node, true)
+                } else {
+                    let object = snap.namespace.pin(node).expect("a resolved file");
+                    let key = object.key.clone();
+                    OpenFile::Base {
+                        reader: self.readers.open(object),
+                        key,
+                    }
+                }
+            }
+            Target::File(node) => {
+                if write && self.write.is_none() {
+                    return Err(FsError::ReadOnly);
+                }
+                self.open_node(node, write)
+            }
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let open = Arc::new(OpenFile {
-            reader: self.readers.open(object),
-            key,
-        });
-        self.handles.lock().unwrap().insert(fh, open);
+        self.handles.lock().unwrap().insert(fh, Arc::new(open));
         Ok(fh)
     }
 
-    /// Reads from an open handle. Short only at EOF.
-    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
-        let open = self
-            .handles
+    fn open_node(&self, node: Arc<FileNode>, write: bool) -> OpenFile {
+        if write {
+            node.state().writers += 1;
+        }
+        OpenFile::Node {
+            node,
+            write,
+            reader: Mutex::new(None),
+        }
+    }
+
+    /// Whether the kernel may keep its page cache of this handle's file across opens: only
+    /// for unchanged files, whose content cannot change under an inode.
+    pub fn keep_cache(&self, fh: u64) -> bool {
+        matches!(
+            self.handles.lock().unwrap().get(&fh).map(|h| &**h),
+            Some(OpenFile::Base { .. })
+        )
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
+        self.handles
             .lock()
             .unwrap()
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle(fh))?;
-        match open.reader.read(offset, len).await {
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    /// Reads from an open handle. Short only at EOF.
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        let open = self.handle(fh)?;
+        let (reader, key) = match &*open {
+            OpenFile::Base { reader, key } => (reader.as_ref(), key.clone()),
+            OpenFile::Node { node, reader, .. } => {
+                return self.read_node(node, reader, offset, len).await;
+            }
+        };
+        match reader.read(offset, len).await {
             Ok(b) => {
                 Metrics::add(&self.metrics.read_bytes, b.len() as u64);
                 Metrics::add(&self.metrics.reads, 1);
@@ -376,14 +743,82 @@ impl Fs {
                 ) {
                     Metrics::add(&self.metrics.stale_reads, 1);
                 }
-                tracing::debug!(key = %open.key, "read failed: {e}");
+                tracing::debug!(key = %key, "read failed: {e}");
                 Err(e.into())
             }
         }
     }
 
-    pub fn release(&self, fh: u64) {
-        self.handles.lock().unwrap().remove(&fh);
+    /// Reads a file with a node: its staged bytes, else its current object.
+    async fn read_node(
+        &self,
+        node: &Arc<FileNode>,
+        cached: &NodeReader,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, FsError> {
+        let (staged, size, key, remote) = {
+            let st = node.state();
+            (
+                st.staged.clone(),
+                st.size,
+                st.key.clone(),
+                st.remote.clone(),
+            )
+        };
+        let bytes = if let Some(staged) = staged {
+            if offset >= size {
+                return Ok(Bytes::new());
+            }
+            let n = (size - offset).min(u64::from(len)) as usize;
+            let mut buf = vec![0u8; n];
+            let got = staged.read_at(&mut buf, offset).map_err(FsError::Io)?;
+            buf.truncate(got);
+            Bytes::from(buf)
+        } else {
+            let Some(remote) = remote else {
+                return Ok(Bytes::new());
+            };
+            let reader = {
+                let mut c = cached.lock().unwrap();
+                match &*c {
+                    Some((etag, r)) if *etag == remote.etag => r.clone(),
+                    _ => {
+                        let r: Arc<dyn ObjectReader> = Arc::from(self.readers.open(PinnedObject {
+                            key: key.into(),
+                            size: remote.size,
+                            etag: remote.etag.clone().map(Into::into),
+                        }));
+                        *c = Some((remote.etag.clone(), r.clone()));
+                        r
+                    }
+                }
+            };
+            reader.read(offset, len).await?
+        };
+        Metrics::add(&self.metrics.read_bytes, bytes.len() as u64);
+        Metrics::add(&self.metrics.reads, 1);
+        Ok(bytes)
+    }
+
+    /// Closes a handle. A handle that wrote is flushed again first (writes through a shared
+    /// mapping can arrive after the last `flush`).
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let open = self.handles.lock().unwrap().remove(&fh);
+        if let Some(open) = open {
+            if let OpenFile::Node {
+                node, write: true, ..
+            } = &*open
+            {
+                let r = self.flush_node(node).await;
+                node.state().writers -= 1;
+                if let Some(wb) = &self.write {
+                    wb.release_staging(node);
+                }
+                return r;
+            }
+        }
+        Ok(())
     }
 
     pub fn open_handles(&self) -> usize {
@@ -395,8 +830,28 @@ impl Fs {
         FsStats {
             files: s.namespace.file_count(),
             bytes: s.namespace.total_bytes(),
+            free: self.write.as_ref().map_or(0, |w| w.free_bytes()),
         }
     }
+}
+
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Finds a path in a snapshot, ignoring the overlay.
+pub(crate) fn base_lookup_path(ns: &Namespace, path: &str) -> Option<u32> {
+    let mut node = Namespace::ROOT;
+    if path.is_empty() {
+        return Some(node);
+    }
+    for seg in path.split('/') {
+        node = ns.lookup(node, seg.as_bytes())?;
+    }
+    Some(node)
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! The fuser adapter: converts, calls the core, replies. The only module that knows fuser.
 //!
-//! Metadata callbacks answer inline (the core serves them from memory). Reads are spawned on
-//! the tokio runtime and reply from there, so a slow GET never holds a FUSE worker thread.
+//! Metadata callbacks answer inline (the core serves them from memory). Reads and `fsync` are
+//! spawned on the tokio runtime and reply from there, so a slow GET or upload never holds a
+//! FUSE worker thread. Other changes (`write`, `create`, `rename`, ...) run on the worker
+//! thread with `block_on`: they touch local disk or make one request per object, and `write`
+//! avoids copying its data.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -10,13 +13,14 @@ use std::sync::Arc;
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request, SessionACL,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
-use crate::fs::{Attr, Fs};
+use crate::fs::{Attr, Fs, SetAttr};
 use crate::namespace::NodeKind;
 
 /// The kernel may read this much ahead of a sequential reader (bytes).
@@ -33,6 +37,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Shown as the mount's source in /proc/mounts.
     pub fs_name: String,
+    /// Mount read-only (`ro` in /proc/mounts); the core refuses changes either way when it has
+    /// no write-back.
+    pub read_only: bool,
 }
 
 impl Default for MountOptions {
@@ -41,6 +48,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: 16,
             fs_name: "pai-mount".into(),
+            read_only: true,
         }
     }
 }
@@ -145,9 +153,17 @@ impl fuser::Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.fs.open(ino.0, write) {
-            // The content of an inode never changes (a changed object gets a new inode at the
-            // next refresh), so the kernel may keep its page cache across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // The content of an unchanged file's inode never changes (a changed object gets a
+            // new inode at the next refresh), so the kernel may keep its page cache across
+            // opens. Files written in this mount are re-read on open.
+            Ok(fh) => {
+                let flags = if self.fs.keep_cache(fh) {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => {
                 log_failure("open", ino.0, &e);
                 reply.error(errno(&e))
@@ -188,22 +204,79 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.release(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_failure("release", fh.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        match self.rt.block_on(self.fs.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_failure("flush", ino.0, &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fsync(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_failure("fsync", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.rt.block_on(self.fs.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => {
+                log_failure("write", ino.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Listings come from memory; a writable mount lets the kernel cache them only until
+        // the directory changes (the kernel drops the cache on create, unlink and rename).
         match self.fs.getattr(ino.0) {
             Ok(a) if a.kind == NodeKind::Dir => reply.opened(
                 FileHandle(0),
@@ -274,30 +347,47 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.stats();
-        let blocks = s.bytes.div_ceil(4096);
-        reply.statfs(blocks, 0, 0, s.files, 0, 4096, 255, 4096);
+        let free = s.free / 4096;
+        let blocks = s.bytes.div_ceil(4096) + free;
+        reply.statfs(blocks, free, free, s.files, 0, 4096, 255, 4096);
     }
 
-    // Everything that would change the bucket: read-only until write-back lands.
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => std::time::SystemTime::now(),
+            }),
+            fh: fh.map(|f| f.0),
+        };
+        match self.rt.block_on(self.fs.setattr(ino.0, change)) {
+            Ok(a) => reply.attr(&self.fs.config().ttl, &to_fuse(&a)),
+            Err(e) => {
+                log_failure("setattr", ino.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 
     fn mknod(
@@ -310,27 +400,45 @@ impl fuser::Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EPERM);
     }
 
     fn mkdir(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        match self.rt.block_on(self.fs.mkdir(parent.0, name.as_bytes())) {
+            Ok(a) => reply.entry(&self.fs.config().ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => {
+                log_failure("mkdir", parent.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&FsError::ReadOnly));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.rt.block_on(self.fs.unlink(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_failure("unlink", parent.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&FsError::ReadOnly));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.rt.block_on(self.fs.rmdir(parent.0, name.as_bytes())) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_failure("rmdir", parent.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 
     fn symlink(
@@ -341,20 +449,38 @@ impl fuser::Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        // Object stores have no links.
+        reply.error(Errno::EPERM);
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let r = self.rt.block_on(self.fs.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            no_replace,
+        ));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_failure("rename", parent.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 
     fn link(
@@ -365,20 +491,32 @@ impl fuser::Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EPERM);
     }
 
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        match self.rt.block_on(self.fs.create(parent.0, name.as_bytes())) {
+            Ok((a, fh)) => reply.created(
+                &self.fs.config().ttl,
+                &to_fuse(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => {
+                log_failure("create", parent.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 }
 
@@ -393,12 +531,14 @@ pub fn mount(
     config.mount_options = vec![
         MountOption::FSName(options.fs_name.clone()),
         MountOption::Subtype("pai-mount".into()),
-        MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
         MountOption::DefaultPermissions,
     ];
+    if options.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
     config.acl = if options.allow_other {
         SessionACL::All
     } else {

@@ -11,6 +11,7 @@
 //! - [`reader`]: the per-handle reader interface, and the plain ranged-GET reader.
 //! - [`prefetch`]: the prefetching reader: sequential detection, window growth, parallel part
 //!   fetches under one global memory budget, backed by the disk cache.
+//! - [`write`]: write-back: staging files, the journal, and the background uploader.
 //! - [`cache`]: the persistent, checksummed local-disk block cache and its I/O engines.
 //! - [`fuse`]: the `fuser` adapter, the only module that knows fuser types.
 //! - [`error`]: the filesystem errors and their errno mapping (the only place errno appears).
@@ -27,3 +28,4 @@ pub mod namespace;
 pub mod object;
 pub mod prefetch;
 pub mod reader;
+pub mod write;

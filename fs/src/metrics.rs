@@ -8,6 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const LIST_REQUESTS: &str = "object.list_requests";
 pub const GET_REQUESTS: &str = "object.get_requests";
 pub const PUT_REQUESTS: &str = "object.put_requests";
+pub const DELETE_REQUESTS: &str = "object.delete_requests";
+pub const COPY_REQUESTS: &str = "object.copy_requests";
+pub const HEAD_REQUESTS: &str = "object.head_requests";
+pub const UPLOADS_DONE: &str = "write.uploads_done";
+pub const UPLOADS_FAILED: &str = "write.uploads_failed";
+pub const UPLOADS_RETRIED: &str = "write.upload_retries";
+pub const UPLOADS_SUPERSEDED: &str = "write.uploads_superseded";
+pub const UPLOADED_BYTES: &str = "write.uploaded_bytes";
+pub const WRITE_BYTES: &str = "fs.write_bytes";
+pub const STAGED_FETCH_BYTES: &str = "write.staged_fetch_bytes";
 pub const GET_BYTES: &str = "object.get_bytes";
 pub const GET_ERRORS: &str = "object.get_errors";
 pub const FIRST_BYTE_MICROS: &str = "object.get_first_byte_micros_total";
@@ -34,6 +44,20 @@ pub struct Metrics {
     pub list_requests: AtomicU64,
     pub get_requests: AtomicU64,
     pub put_requests: AtomicU64,
+    pub delete_requests: AtomicU64,
+    pub copy_requests: AtomicU64,
+    pub head_requests: AtomicU64,
+    /// Files whose upload completed, failed for good, was retried, or was overtaken by a newer
+    /// version of the file before it completed.
+    pub uploads_done: AtomicU64,
+    pub uploads_failed: AtomicU64,
+    pub upload_retries: AtomicU64,
+    pub uploads_superseded: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    /// Bytes written through the mount.
+    pub write_bytes: AtomicU64,
+    /// Bytes downloaded to stage an existing object for a partial write.
+    pub staged_fetch_bytes: AtomicU64,
     pub get_bytes: AtomicU64,
     pub get_errors: AtomicU64,
     /// Sum of first-byte latencies of GETs, in microseconds (divide by `get_requests`).
@@ -75,6 +99,16 @@ impl Metrics {
             (LIST_REQUESTS, g(&self.list_requests)),
             (GET_REQUESTS, g(&self.get_requests)),
             (PUT_REQUESTS, g(&self.put_requests)),
+            (DELETE_REQUESTS, g(&self.delete_requests)),
+            (COPY_REQUESTS, g(&self.copy_requests)),
+            (HEAD_REQUESTS, g(&self.head_requests)),
+            (UPLOADS_DONE, g(&self.uploads_done)),
+            (UPLOADS_FAILED, g(&self.uploads_failed)),
+            (UPLOADS_RETRIED, g(&self.upload_retries)),
+            (UPLOADS_SUPERSEDED, g(&self.uploads_superseded)),
+            (UPLOADED_BYTES, g(&self.uploaded_bytes)),
+            (WRITE_BYTES, g(&self.write_bytes)),
+            (STAGED_FETCH_BYTES, g(&self.staged_fetch_bytes)),
             (GET_BYTES, g(&self.get_bytes)),
             (GET_ERRORS, g(&self.get_errors)),
             (FIRST_BYTE_MICROS, g(&self.first_byte_micros)),

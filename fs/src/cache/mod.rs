@@ -300,13 +300,7 @@ impl DiskCache {
     }
 
     fn free_bytes(&self) -> Option<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).ok()?;
-        // SAFETY: statvfs writes into the zeroed struct we pass; `c` is NUL-terminated.
-        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-        (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
+        free_space(&self.dir)
     }
 
     /// Whether the cache may take `len` more bytes: not while the disk is (recently) full.
@@ -438,6 +432,17 @@ fn decode(buf: Vec<u8>, identity: &[u8]) -> Result<Bytes, String> {
         return Err("checksum mismatch".into());
     }
     Ok(Bytes::from(buf).slice(FIXED_HEADER + id_len..))
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `dir`.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    (rc == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
 }
 
 #[cfg(test)]

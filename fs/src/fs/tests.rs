@@ -82,7 +82,7 @@ async fn reads_return_exact_bytes_and_posix_eof() {
         fs.read(fh, 50_000, 100).await.unwrap().is_empty(),
         "empty past EOF"
     );
-    fs.release(fh);
+    fs.release(fh).await.unwrap();
     assert!(matches!(
         fs.read(fh, 0, 1).await,
         Err(FsError::BadHandle(_))

@@ -54,7 +54,14 @@ pub trait Lister: std::fmt::Debug + Send + Sync {
     async fn probe(&self, prefix: &[u8]) -> Result<(), SourceError> {
         self.list(prefix, true, None).await.map(|_| ())
     }
+
+    /// Creates (`create`) or deletes a directory marker, the empty object `key` ending in `/`
+    /// (`object_store` cannot name such keys). A missing marker is not an error on delete.
+    async fn marker(&self, key: &[u8], create: bool) -> Result<(), SourceError>;
 }
+
+/// Path encoding of a key: everything but unreserved characters and `/`.
+const KEY_PATH: &percent_encoding::AsciiSet = &QUERY.remove(b'/');
 
 /// Everything [`S3Lister`] needs.
 #[derive(Debug, Clone)]
@@ -242,6 +249,67 @@ impl S3Lister {
     }
 }
 
+impl S3Lister {
+    async fn marker_request(&self, key: &[u8], create: bool) -> Result<(), SourceError> {
+        let what = || {
+            format!(
+                "marker {} in bucket {}",
+                String::from_utf8_lossy(key),
+                self.config.bucket
+            )
+        };
+        let url = format!(
+            "{}/{}",
+            self.config.endpoint.trim_end_matches('/'),
+            percent_encoding::percent_encode(key, KEY_PATH)
+        );
+        let method = if create {
+            http::Method::PUT
+        } else {
+            http::Method::DELETE
+        };
+        let mut request: object_store::client::HttpRequest = http::Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header(http::header::CONTENT_LENGTH, "0")
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| SourceError::Other {
+                what: what(),
+                why: format!("building a request: {e}"),
+            })?;
+        if let Some(provider) = &self.config.credentials {
+            let credential = provider
+                .get_credential()
+                .await
+                .map_err(|e| SourceError::Denied {
+                    what: what(),
+                    why: e.to_string(),
+                })?;
+            AwsAuthorizer::new(&credential, "s3", &self.config.region)
+                .try_authorize(&mut request, None)
+                .map_err(|e| SourceError::Other {
+                    what: what(),
+                    why: format!("signing: {e}"),
+                })?;
+        }
+        let (parts, _) = request.into_parts();
+        let mut builder = self.config.client.request(method, &url).body(Vec::new());
+        for (name, value) in &parts.headers {
+            builder = builder.header(name, value);
+        }
+        let response = send_with_retry(builder, &what).await?;
+        let status = response.status();
+        if status.is_success() || (!create && status.as_u16() == 404) {
+            return Ok(());
+        }
+        let why = format!("HTTP {status}");
+        Err(match status.as_u16() {
+            401 | 403 => SourceError::Denied { what: what(), why },
+            _ => SourceError::Other { what: what(), why },
+        })
+    }
+}
+
 /// Retries listing requests on connection errors and 5xx/throttling answers, with backoff.
 async fn send_with_retry(
     builder: reqwest::RequestBuilder,
@@ -292,6 +360,10 @@ impl Lister for S3Lister {
 
     async fn probe(&self, prefix: &[u8]) -> Result<(), SourceError> {
         self.request(prefix, true, None, 1).await.map(|_| ())
+    }
+
+    async fn marker(&self, key: &[u8], create: bool) -> Result<(), SourceError> {
+        self.marker_request(key, create).await
     }
 }
 
@@ -397,6 +469,24 @@ impl Lister for LocalLister {
                 why: e.to_string(),
             })?
     }
+
+    /// A marker is a directory here.
+    async fn marker(&self, key: &[u8], create: bool) -> Result<(), SourceError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = self.root.join(std::ffi::OsStr::from_bytes(key));
+        let r = if create {
+            std::fs::create_dir_all(&path)
+        } else {
+            match std::fs::remove_dir(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        r.map_err(|e| SourceError::Other {
+            what: path.display().to_string(),
+            why: e.to_string(),
+        })
+    }
 }
 
 /// Lists through an `ObjectStore` (keys must be valid paths there). For tests.
@@ -461,5 +551,12 @@ impl Lister for StoreLister {
         page.prefixes.retain(|k| k.starts_with(prefix));
         page.objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(page)
+    }
+
+    /// `object_store` paths cannot end in `/`: markers are not kept (directories made through
+    /// such a source exist until the mount ends).
+    async fn marker(&self, key: &[u8], _create: bool) -> Result<(), SourceError> {
+        tracing::debug!(key = %String::from_utf8_lossy(key), "directory markers are not kept by this store");
+        Ok(())
     }
 }

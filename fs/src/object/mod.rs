@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    Attribute, AttributeValue, Attributes, GetOptions, GetRange, MultipartUpload, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+};
 
 pub use list::{ListPage, Lister, RawObject};
 pub use source::{Source, SourceKind, StoreOptions};
@@ -44,6 +47,87 @@ pub enum ReadError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// Why a write, copy, delete or head request failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {key}: {source}")]
+pub struct WriteError {
+    pub op: &'static str,
+    pub key: String,
+    pub kind: WriteErrorKind,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The class of a [`WriteError`], for the caller's decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteErrorKind {
+    NotFound,
+    Denied,
+    /// Anything else: after `object_store`'s own retries, possibly transient.
+    Other,
+}
+
+/// The user metadata key that keeps a file's mtime (`x-amz-meta-mtime`), in seconds since
+/// the epoch with millisecond decimals.
+pub const MTIME_METADATA: &str = "mtime";
+
+/// A multipart upload in progress. Parts are sent in the order `put_part` is called; their
+/// futures may run concurrently.
+pub struct MultipartWriter {
+    inner: Box<dyn MultipartUpload>,
+    key: String,
+    metrics: Arc<Metrics>,
+}
+
+impl MultipartWriter {
+    /// Starts sending the next part; the returned future owns everything it needs.
+    pub fn put_part(
+        &mut self,
+        bytes: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send + 'static {
+        Metrics::add(&self.metrics.put_requests, 1);
+        let fut = self.inner.put_part(PutPayload::from_bytes(bytes));
+        let key = self.key.clone();
+        async move {
+            fut.await
+                .map_err(|e| write_error("upload part of", &key, e))
+        }
+    }
+
+    /// Completes the upload; the object becomes visible under its key. Returns its ETag.
+    pub async fn complete(mut self) -> Result<Option<String>, WriteError> {
+        Metrics::add(&self.metrics.put_requests, 1);
+        let r = self
+            .inner
+            .complete()
+            .await
+            .map_err(|e| write_error("complete upload of", &self.key, e))?;
+        Ok(r.e_tag)
+    }
+
+    /// Abandons the upload; nothing becomes visible.
+    pub async fn abort(mut self) {
+        if let Err(e) = self.inner.abort().await {
+            tracing::debug!(key = %self.key, "aborting a multipart upload failed: {e}");
+        }
+    }
+}
+
+fn write_error(op: &'static str, key: &str, e: object_store::Error) -> WriteError {
+    let kind = match e {
+        object_store::Error::NotFound { .. } => WriteErrorKind::NotFound,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => WriteErrorKind::Denied,
+        _ => WriteErrorKind::Other,
+    };
+    WriteError {
+        op,
+        key: key.to_string(),
+        kind,
+        source: Box::new(e),
+    }
 }
 
 /// Errors that stop a source from being used at all.
@@ -242,6 +326,109 @@ impl ObjectSource {
             .map_err(|e| self.classify(rel, e))
     }
 
+    fn write_path(&self, op: &'static str, rel: &str) -> Result<Path, WriteError> {
+        let key = self.full_key(rel);
+        Path::parse(&key).map_err(|e| WriteError {
+            op,
+            key,
+            kind: WriteErrorKind::Other,
+            source: Box::new(e),
+        })
+    }
+
+    fn attributes(&self, mtime_ms: Option<i64>) -> Attributes {
+        let mut a = Attributes::new();
+        // A local directory cannot keep user metadata.
+        if let (Some(ms), false) = (mtime_ms, self.source.kind == SourceKind::File) {
+            a.insert(
+                Attribute::Metadata(MTIME_METADATA.into()),
+                AttributeValue::from(format!(
+                    "{}.{:03}",
+                    ms.div_euclid(1000),
+                    ms.rem_euclid(1000)
+                )),
+            );
+        }
+        a
+    }
+
+    /// Writes a whole object in one request, with its mtime in user metadata. Returns the ETag.
+    pub async fn put_object(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        mtime_ms: Option<i64>,
+    ) -> Result<Option<String>, WriteError> {
+        let path = self.write_path("put", rel)?;
+        Metrics::add(&self.metrics.put_requests, 1);
+        let options = PutOptions {
+            attributes: self.attributes(mtime_ms),
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .put_opts(&path, PutPayload::from_bytes(bytes), options)
+            .await
+            .map_err(|e| write_error("put", &self.full_key(rel), e))?;
+        Ok(r.e_tag)
+    }
+
+    /// Starts a multipart upload of `rel`, with its mtime in user metadata.
+    pub async fn start_multipart(
+        &self,
+        rel: &str,
+        mtime_ms: Option<i64>,
+    ) -> Result<MultipartWriter, WriteError> {
+        let path = self.write_path("start upload of", rel)?;
+        Metrics::add(&self.metrics.put_requests, 1);
+        let options = PutMultipartOptions {
+            attributes: self.attributes(mtime_ms),
+            ..Default::default()
+        };
+        let inner = self
+            .store
+            .put_multipart_opts(&path, options)
+            .await
+            .map_err(|e| write_error("start upload of", &self.full_key(rel), e))?;
+        Ok(MultipartWriter {
+            inner,
+            key: self.full_key(rel),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Deletes `rel`; a missing object is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<(), WriteError> {
+        let path = self.write_path("delete", rel)?;
+        Metrics::add(&self.metrics.delete_requests, 1);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(write_error("delete", &self.full_key(rel), e)),
+        }
+    }
+
+    /// Copies `from` to `to` on the server (both relative to the prefix).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), WriteError> {
+        let src = self.write_path("copy", from)?;
+        let dst = self.write_path("copy to", to)?;
+        Metrics::add(&self.metrics.copy_requests, 1);
+        self.store
+            .copy(&src, &dst)
+            .await
+            .map_err(|e| write_error("copy", &self.full_key(from), e))
+    }
+
+    /// Size and ETag of `rel`, or `None` if it does not exist.
+    pub async fn head(&self, rel: &str) -> Result<Option<(u64, Option<String>)>, WriteError> {
+        let path = self.write_path("head", rel)?;
+        Metrics::add(&self.metrics.head_requests, 1);
+        match self.store.head(&path).await {
+            Ok(m) => Ok(Some((m.size, m.e_tag))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(write_error("head", &self.full_key(rel), e)),
+        }
+    }
+
     /// One page of a listing under `prefix` (a full key prefix, not relative).
     pub async fn list_page(
         &self,
@@ -251,6 +438,21 @@ impl ObjectSource {
     ) -> Result<ListPage, SourceError> {
         Metrics::add(&self.metrics.list_requests, 1);
         self.lister.list(prefix, delimited, token).await
+    }
+
+    /// Creates or deletes the directory marker of `rel_dir` (a key relative to the prefix,
+    /// without the trailing slash).
+    pub async fn marker(&self, rel_dir: &str, create: bool) -> Result<(), SourceError> {
+        let key = format!("{}/", self.full_key(rel_dir));
+        Metrics::add(
+            if create {
+                &self.metrics.put_requests
+            } else {
+                &self.metrics.delete_requests
+            },
+            1,
+        );
+        self.lister.marker(key.as_bytes(), create).await
     }
 
     /// Checks that the bucket answers and the credentials are accepted, with one small listing.

@@ -1,0 +1,621 @@
+//! Operations that change the mount: create, write, flush, fsync, setattr, mkdir, unlink,
+//! rmdir, rename, and saving the namespace as a manifest.
+//!
+//! File content goes through [`crate::write`]; namespace changes are made in the bucket
+//! first (a PUT, COPY or DELETE) and then in the overlay, so an error leaves the mount as the
+//! bucket is. None of them is atomic in the bucket: a directory rename is one copy and one
+//! delete per object (docs/SEMANTICS.md).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::overlay::{self, Entry};
+use super::{base_lookup_path, now_ms, Attr, Fs, OpenFile, Target, ROOT_INO};
+use crate::error::FsError;
+use crate::manifest::{self, Etag};
+use crate::metrics::Metrics;
+use crate::namespace::{NodeKind, NAME_MAX};
+use crate::write::{FileNode, Remote, WriteBack};
+
+/// What `setattr` asks to change.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+    /// The handle, when the change comes through an open file (`ftruncate`).
+    pub fh: Option<u64>,
+}
+
+/// Checks a new name: it must become a key that a later listing maps back to this name.
+fn check_name(name: &[u8], at_root: bool) -> Result<&str, FsError> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    let name = std::str::from_utf8(name).map_err(|_| FsError::Invalid("name is not UTF-8"))?;
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(FsError::Invalid("not a file name"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(FsError::Invalid("name has control characters"));
+    }
+    if at_root && name == manifest::RESERVED_DIR {
+        return Err(FsError::NotPermitted("reserved for the manifest"));
+    }
+    Ok(name)
+}
+
+fn is_dir(t: &Target) -> bool {
+    match t {
+        Target::Dir { .. } => true,
+        Target::File(_) => false,
+        Target::Base { snap, node } => {
+            snap.namespace.info(*node).map(|i| i.kind) == Some(NodeKind::Dir)
+        }
+    }
+}
+
+fn ms_of(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+impl Fs {
+    fn wb(&self) -> Result<&Arc<WriteBack>, FsError> {
+        self.write.as_ref().ok_or(FsError::ReadOnly)
+    }
+
+    /// Like `resolve`, but always with the path (snapshot paths are computed lazily there).
+    fn resolve_path(&self, ino: u64) -> Result<(Target, String), FsError> {
+        let (t, path) = self.resolve(ino)?;
+        let path = match &t {
+            Target::Base { snap, node } if path.is_empty() && ino != ROOT_INO => {
+                snap.namespace.key_of(*node)
+            }
+            _ => path,
+        };
+        Ok((t, path))
+    }
+
+    fn has_base(&self, path: &str) -> bool {
+        base_lookup_path(&self.current().namespace, path).is_some()
+    }
+
+    /// The node of a snapshot file, made on first need; it keeps the snapshot inode.
+    pub(crate) fn node_for_base(
+        &self,
+        snap: &Arc<super::Snapshot>,
+        node: u32,
+        path: String,
+    ) -> Result<Arc<FileNode>, FsError> {
+        self.wb()?;
+        let mut ov = self.overlay.write().unwrap();
+        match ov.get(&path) {
+            Some(Entry::File(n)) => return Ok(n.clone()),
+            Some(_) => return Err(FsError::StaleInode(snap.ino(node))),
+            None if ov.hides_below(overlay::parent_of(&path)) => {
+                return Err(FsError::StaleInode(snap.ino(node)))
+            }
+            None => {}
+        }
+        let info = snap.namespace.info(node).expect("resolved");
+        let n = FileNode::new(
+            snap.ino(node),
+            path.clone(),
+            info.mtime_ms,
+            Some(Remote {
+                size: info.size,
+                etag: snap.namespace.etag_of(node),
+            }),
+        );
+        ov.put(path, Entry::File(n.clone()));
+        Ok(n)
+    }
+
+    fn node_of(&self, t: Target, path: String) -> Result<Arc<FileNode>, FsError> {
+        match t {
+            Target::File(n) => Ok(n),
+            Target::Base { snap, node } => self.node_for_base(&snap, node, path),
+            Target::Dir { .. } => Err(FsError::IsDir),
+        }
+    }
+
+    /// Creates and opens a new, empty file. Returns its attributes and handle.
+    pub async fn create(&self, parent: u64, name: &[u8]) -> Result<(Attr, u64), FsError> {
+        let wb = self.wb()?;
+        let name = check_name(name, parent == ROOT_INO)?;
+        let (dir, dir_path) = self.resolve_path(parent)?;
+        if !is_dir(&dir) {
+            return Err(FsError::NotDir);
+        }
+        match self.child(&dir, &dir_path, name) {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let path = overlay::join(&dir_path, name);
+        let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
+        wb.stage(&node, true).await?;
+        self.overlay
+            .write()
+            .unwrap()
+            .put(path, Entry::File(node.clone()));
+        let attr = self.target_attr(&Target::File(node.clone()));
+        let open = self.open_node(node, true);
+        let fh = self
+            .next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(open));
+        Ok((attr, fh))
+    }
+
+    /// Writes through a handle opened for writing. The first write to an existing object
+    /// stages it (downloads it) first.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let open = self.handle(fh)?;
+        let OpenFile::Node {
+            node, write: true, ..
+        } = &*open
+        else {
+            return Err(FsError::BadHandle(fh));
+        };
+        let wb = self.wb()?;
+        let end = offset + data.len() as u64;
+        // The staging file and the version bump are taken together: the uploader drops a
+        // staging file only when no version bump happened since its upload.
+        let staged = loop {
+            {
+                let mut st = node.state();
+                if let Some(s) = st.staged.clone() {
+                    st.version += 1;
+                    st.mtime_ms = now_ms();
+                    st.size = st.size.max(end);
+                    break s;
+                }
+            }
+            wb.stage(node, false).await?;
+        };
+        if let Err(e) = staged.write_at(data, offset) {
+            if let Ok(len) = staged.len() {
+                node.state().size = len;
+            }
+            return Err(FsError::Io(e));
+        }
+        Metrics::add(&self.metrics.write_bytes, data.len() as u64);
+        Ok(data.len() as u32)
+    }
+
+    /// `close()` of a handle: a handle that wrote makes the file durable locally and queues
+    /// its upload.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let open = self.handle(fh)?;
+        match &*open {
+            OpenFile::Node {
+                node, write: true, ..
+            } => self.flush_node(node).await,
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) async fn flush_node(&self, node: &Arc<FileNode>) -> Result<(), FsError> {
+        match &self.write {
+            Some(wb) => Ok(wb.flush(node).await?),
+            None => Ok(()),
+        }
+    }
+
+    /// `fsync()`: waits until the file's content is in the bucket.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        let open = self.handle(fh)?;
+        match (&*open, &self.write) {
+            (OpenFile::Node { node, .. }, Some(wb)) => Ok(wb.fsync(node).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the size of a node's content.
+    async fn truncate(&self, node: &Arc<FileNode>, size: u64) -> Result<(), FsError> {
+        let wb = self.wb()?;
+        let staged = loop {
+            {
+                let mut st = node.state();
+                if let Some(s) = st.staged.clone() {
+                    st.version += 1;
+                    st.size = size;
+                    st.mtime_ms = now_ms();
+                    break s;
+                }
+            }
+            wb.stage(node, size == 0).await?;
+        };
+        staged.set_len(size)?;
+        Ok(())
+    }
+
+    /// Changes size and mtime. Mode and ownership cannot be stored: a change is `EPERM`, and
+    /// setting the values they already have succeeds.
+    pub async fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr, FsError> {
+        let (target, path) = self.resolve_path(ino)?;
+        let current = self.target_attr(&target);
+        if a.mode.is_some_and(|m| (m & 0o7777) as u16 != current.perm) {
+            return Err(FsError::NotPermitted("modes are not stored in the bucket"));
+        }
+        if a.uid.is_some_and(|u| u != current.uid) || a.gid.is_some_and(|g| g != current.gid) {
+            return Err(FsError::NotPermitted("owners are not stored in the bucket"));
+        }
+        if a.size.is_none() && a.mtime.is_none() {
+            return Ok(current);
+        }
+        if is_dir(&target) {
+            if a.size.is_some() {
+                return Err(FsError::IsDir);
+            }
+            // Directory times are not stored anywhere; the change is accepted and not kept.
+            return Ok(current);
+        }
+        let wb = self.wb()?.clone();
+        let node = self.node_of(target, path)?;
+        if let Some(size) = a.size {
+            self.truncate(&node, size).await?;
+            let writing = node.state().writers > 0;
+            if a.fh.is_none() && !writing {
+                self.flush_node(&node).await?;
+            }
+        }
+        if let Some(t) = a.mtime {
+            wb.mark_dirty()?;
+            node.state().mtime_ms = ms_of(t);
+        }
+        Ok(self.target_attr(&Target::File(node)))
+    }
+
+    /// Makes a directory: an empty marker object `name/`.
+    pub async fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let wb = self.wb()?;
+        let name = check_name(name, parent == ROOT_INO)?;
+        let (dir, dir_path) = self.resolve_path(parent)?;
+        if !is_dir(&dir) {
+            return Err(FsError::NotDir);
+        }
+        match self.child(&dir, &dir_path, name) {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let path = overlay::join(&dir_path, name);
+        wb.mark_dirty()?;
+        wb.source().marker(&path, true).await?;
+        let t = Target::Dir {
+            ino: self.new_ino(),
+            mtime_ms: now_ms(),
+        };
+        let Target::Dir { ino, mtime_ms } = t else {
+            unreachable!()
+        };
+        self.overlay
+            .write()
+            .unwrap()
+            .put(path, Entry::Dir { ino, mtime_ms });
+        Ok(self.target_attr(&t))
+    }
+
+    /// Removes a file: its object, and any upload of it that is pending.
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        let wb = self.wb()?;
+        let (dir, dir_path) = self.resolve_path(parent)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let (t, path) = self.child(&dir, &dir_path, name)?;
+        if is_dir(&t) {
+            return Err(FsError::IsDir);
+        }
+        wb.mark_dirty()?;
+        match t {
+            Target::File(node) => {
+                let _g = node.lock_commit().await;
+                wb.source().delete(&path).await?;
+                wb.discard(&node)?;
+            }
+            _ => wb.source().delete(&path).await?,
+        }
+        let whiteout = self.has_base(&path);
+        self.overlay.write().unwrap().remove(&path, whiteout, false);
+        Ok(())
+    }
+
+    /// Removes an empty directory and its marker.
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        let wb = self.wb()?;
+        let (dir, dir_path) = self.resolve_path(parent)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let (t, path) = self.child(&dir, &dir_path, name)?;
+        if !is_dir(&t) {
+            return Err(FsError::NotDir);
+        }
+        if !self.list_dir(&t, &path)?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        wb.mark_dirty()?;
+        wb.source().marker(&path, false).await?;
+        let whiteout = self.has_base(&path);
+        self.overlay.write().unwrap().remove(&path, whiteout, true);
+        Ok(())
+    }
+
+    /// Renames a file (copy, then delete) or a directory (the same for every object below
+    /// it, up to the configured limit, else `EXDEV`). Not atomic.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        let wb = self.wb()?.clone();
+        let new_name = check_name(new_name, new_parent == ROOT_INO)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let (sdir, sdir_path) = self.resolve_path(parent)?;
+        let (src, spath) = self.child(&sdir, &sdir_path, name)?;
+        let (ddir, ddir_path) = self.resolve_path(new_parent)?;
+        if !is_dir(&ddir) {
+            return Err(FsError::NotDir);
+        }
+        let dpath = overlay::join(&ddir_path, new_name);
+        if spath == dpath {
+            return Ok(());
+        }
+        let dst = match self.child(&ddir, &ddir_path, new_name) {
+            Ok((t, _)) => Some(t),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let src_dir = is_dir(&src);
+        if let Some(d) = &dst {
+            if no_replace {
+                return Err(FsError::Exists);
+            }
+            match (src_dir, is_dir(d)) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.list_dir(d, &dpath)?.is_empty() => {
+                    return Err(FsError::NotEmpty)
+                }
+                _ => {}
+            }
+        }
+        if src_dir && dpath.starts_with(&format!("{spath}/")) {
+            return Err(FsError::Invalid("a directory cannot move into itself"));
+        }
+        wb.mark_dirty()?;
+        if src_dir {
+            self.rename_dir(&wb, src, &spath, dst, &dpath).await
+        } else {
+            if let Some(Target::File(d)) = &dst {
+                let _g = d.lock_commit().await;
+                wb.discard(d)?;
+            }
+            self.rename_file(&wb, src, &spath, &dpath).await
+        }
+    }
+
+    async fn rename_file(
+        &self,
+        wb: &Arc<WriteBack>,
+        src: Target,
+        spath: &str,
+        dpath: &str,
+    ) -> Result<(), FsError> {
+        let node = match src {
+            Target::File(n) => n,
+            Target::Base { snap, node } => {
+                let info = snap.namespace.info(node).expect("resolved");
+                FileNode::new(
+                    snap.ino(node),
+                    spath.to_string(),
+                    info.mtime_ms,
+                    Some(Remote {
+                        size: info.size,
+                        etag: snap.namespace.etag_of(node),
+                    }),
+                )
+            }
+            Target::Dir { .. } => return Err(FsError::IsDir),
+        };
+        {
+            let _g = node.lock_commit().await;
+            let in_bucket = {
+                let st = node.state();
+                st.remote.is_some() && st.version == st.uploaded
+            };
+            if in_bucket {
+                // The content is the object: copy it on the server.
+                let source = wb.source();
+                source.copy(spath, dpath).await?;
+                let head = source.head(dpath).await?;
+                source.delete(spath).await?;
+                let mut st = node.state();
+                st.key = dpath.to_string();
+                st.remote = head.map(|(size, etag)| Remote { size, etag });
+            } else {
+                // Local content: re-key it, journal it under the new key, upload it there.
+                {
+                    let mut st = node.state();
+                    st.key = dpath.to_string();
+                    st.remote = None;
+                    st.version += 1;
+                }
+                wb.flush_locked(&node)?;
+                // Whatever the bucket has under the old key goes: an earlier upload of this
+                // file, or an object this file replaced before its own upload completed.
+                wb.source().delete(spath).await?;
+            }
+        }
+        wb.enqueue(&node).await?;
+        let whiteout = self.has_base(spath);
+        let mut ov = self.overlay.write().unwrap();
+        ov.remove(spath, whiteout, false);
+        ov.put(dpath.to_string(), Entry::File(node));
+        Ok(())
+    }
+
+    async fn rename_dir(
+        &self,
+        wb: &Arc<WriteBack>,
+        src: Target,
+        spath: &str,
+        dst: Option<Target>,
+        dpath: &str,
+    ) -> Result<(), FsError> {
+        // Everything below the source, depth first.
+        let mut files = Vec::new();
+        let mut dirs = vec![(String::new(), src)];
+        let mut i = 0;
+        while i < dirs.len() {
+            let (rel, t) = dirs[i].clone();
+            let full = overlay::join(spath, &rel);
+            let full = if rel.is_empty() {
+                spath.to_string()
+            } else {
+                full
+            };
+            for (name, child) in self.list_dir(&t, &full)? {
+                let child_rel = overlay::join(&rel, &name);
+                if is_dir(&child) {
+                    dirs.push((child_rel, child));
+                } else {
+                    files.push((child_rel, child));
+                }
+            }
+            i += 1;
+            let limit = wb.config().rename_dir_limit;
+            if files.len() + dirs.len() > limit {
+                return Err(FsError::CrossDevice { limit });
+            }
+        }
+        let source = wb.source();
+        if dst.is_some() {
+            source.marker(dpath, false).await?;
+            let whiteout = self.has_base(dpath);
+            self.overlay.write().unwrap().remove(dpath, whiteout, true);
+        }
+        let under = |base: &str, rel: &str| {
+            if rel.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}/{rel}")
+            }
+        };
+        for (rel, _) in &dirs {
+            source.marker(&under(dpath, rel), true).await?;
+        }
+        for (rel, t) in files {
+            self.rename_file(wb, t, &under(spath, &rel), &under(dpath, &rel))
+                .await?;
+        }
+        for (rel, _) in &dirs {
+            source.marker(&under(spath, rel), false).await?;
+        }
+        let whiteout = self.has_base(spath);
+        let mut ov = self.overlay.write().unwrap();
+        // Files were moved one by one; what is left below the source are whiteouts.
+        ov.remove(spath, whiteout, true);
+        for (rel, t) in dirs {
+            let (ino, mtime_ms) = match t {
+                Target::Dir { ino, mtime_ms } => (ino, mtime_ms),
+                Target::Base { snap, node } => (
+                    snap.ino(node),
+                    snap.namespace.info(node).map_or(0, |i| i.mtime_ms),
+                ),
+                Target::File(_) => unreachable!("only directories"),
+            };
+            ov.put(under(dpath, &rel), Entry::Dir { ino, mtime_ms });
+        }
+        Ok(())
+    }
+
+    /// The namespace as the bucket has it now: the snapshot, less what this mount removed,
+    /// plus what it uploaded. Files whose upload is still pending are left out (the journal
+    /// has them), or appear as the object the bucket still holds under their key.
+    pub fn merged_entries(&self) -> Vec<manifest::Entry> {
+        let snap = self.current();
+        let ns = &snap.namespace;
+        let ov = self.overlay.read().unwrap();
+        let mut out = Vec::new();
+        for id in 1..ns.len() as u32 {
+            let Some(info) = ns.info(id) else { continue };
+            let path = ns.key_of(id);
+            if ov.get(&path).is_some() || ov.hides_below(overlay::parent_of(&path)) {
+                continue;
+            }
+            match info.kind {
+                NodeKind::File => out.push(manifest::Entry {
+                    key: path.into_bytes().into(),
+                    size: info.size,
+                    mtime_ms: info.mtime_ms,
+                    etag: Etag::parse(ns.etag_of(id).as_deref()),
+                }),
+                NodeKind::Dir if ns.children(id).is_empty() => out.push(manifest::Entry {
+                    key: format!("{path}/").into_bytes().into(),
+                    size: 0,
+                    mtime_ms: info.mtime_ms,
+                    etag: Etag::None,
+                }),
+                NodeKind::Dir => {}
+            }
+        }
+        for (path, e) in ov.entries() {
+            if ov.whiteout_above(path) {
+                continue;
+            }
+            match e {
+                Entry::Whiteout => {}
+                Entry::Dir { mtime_ms, .. } => out.push(manifest::Entry {
+                    key: format!("{path}/").into_bytes().into(),
+                    size: 0,
+                    mtime_ms: *mtime_ms,
+                    etag: Etag::None,
+                }),
+                Entry::File(n) => {
+                    let st = n.state();
+                    if st.unlinked {
+                        continue;
+                    }
+                    if let Some(r) = &st.remote {
+                        out.push(manifest::Entry {
+                            key: path.clone().into_bytes().into(),
+                            size: r.size,
+                            mtime_ms: st.mtime_ms,
+                            etag: Etag::parse(r.etag.as_deref()),
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| manifest::tree_cmp(&a.key, &b.key));
+        out
+    }
+
+    /// Stores the merged namespace as the prefix's manifest.
+    pub async fn save_manifest(&self) -> Result<usize, FsError> {
+        let wb = self.wb()?;
+        let entries = self.merged_entries();
+        let header = manifest::Header {
+            source: wb.source().source().display_root(),
+            built_at_ms: now_ms(),
+            object_count: entries.iter().filter(|e| !e.key.ends_with(b"/")).count() as u64,
+            total_bytes: entries.iter().map(|e| e.size).sum(),
+            list_requests: 0,
+            builder: format!("pai-mount {} (mount)", env!("CARGO_PKG_VERSION")),
+        };
+        let bytes = Bytes::from(manifest::encode(&header, &entries));
+        let len = bytes.len();
+        wb.source().put(manifest::MANIFEST_KEY, bytes).await?;
+        Ok(len)
+    }
+}

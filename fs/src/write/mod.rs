@@ -1,0 +1,947 @@
+//! Write-back: staging files on local disk, the journal, and the background uploader.
+//!
+//! A file that is written gets a [`FileNode`] with a staging file under `<dir>/data/`. Writes
+//! go to the staging file. `close()` ([`WriteBack::flush`]) fsyncs it, writes a journal record
+//! and queues the file for upload, then returns: the network is not in the way of the writer.
+//! The uploader sends the file as one PUT, or as a multipart upload with parallel parts, and
+//! removes the record once that version is in the bucket. `fsync()` ([`WriteBack::fsync`])
+//! waits for that. At the next mount, every record left over is uploaded again.
+//!
+//! ## Invariants
+//! - A journal record exists for every version whose `close()` returned until that version
+//!   (or a later one) is in the bucket, or the file was unlinked.
+//! - Writers bump a node's `version` *before* they touch the staging file, and the uploader
+//!   checks under the node's commit lock that the version it read is still current before it
+//!   makes an object visible. So a visible object is always one whole version of the file:
+//!   a torn mix of two versions is abandoned (its multipart upload aborted) and never completed.
+//! - Unlink, rename and commit of a node are serialized by the node's commit lock, so an
+//!   upload can never resurrect a deleted or renamed file.
+//! - Queues and memory are bounded: at most `queue_len` files wait in memory (more wait in
+//!   `close()`), at most `upload_files` upload at once, and at most `upload_parts` parts
+//!   (of `part_size` bytes) are in memory.
+
+pub mod journal;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::object::{ObjectSource, ReadError, WriteError};
+use journal::{Journal, Record, RecordState};
+
+/// Most parts a multipart upload may have (S3 and OSS both allow 10,000).
+pub const MAX_PARTS: u64 = 10_000;
+
+/// How write-back behaves.
+#[derive(Debug, Clone)]
+pub struct WriteConfig {
+    /// The staging directory: data files, the journal and the lock (created with mode 0700).
+    pub dir: PathBuf,
+    /// Part size of multipart uploads; files up to this size go in one PUT.
+    pub part_size: u64,
+    /// Files uploading at once.
+    pub upload_files: usize,
+    /// Parts in memory and in flight for the whole mount.
+    pub upload_parts: usize,
+    /// Files queued in memory; `close()` waits when the queue is full.
+    pub queue_len: usize,
+    /// Attempts of one upload before it is marked failed (retried again at the next mount).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further one, capped at 30 s.
+    pub retry_delay: Duration,
+    /// Renaming a directory copies each object; above this many it is refused with `EXDEV`.
+    pub rename_dir_limit: usize,
+}
+
+impl WriteConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            part_size: 16 << 20,
+            upload_files: 8,
+            upload_parts: 16,
+            queue_len: 4096,
+            max_attempts: 5,
+            retry_delay: Duration::from_secs(1),
+            rename_dir_limit: 10_000,
+        }
+    }
+}
+
+/// Errors of the write path.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBackError {
+    #[error("staging: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] WriteError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("upload of {key} failed: {why}")]
+    UploadFailed { key: String, why: String },
+    #[error("the staging directory {dir} is in use by another pai-mount process")]
+    Locked { dir: PathBuf },
+}
+
+/// Creates `dir` (and parents) with mode 0700, or checks an existing one is a directory.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// A staging file: the local content of a file being written.
+#[derive(Debug)]
+pub struct Staged {
+    pub id: u64,
+    file: File,
+    path: PathBuf,
+}
+
+impl Staged {
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    pub fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Removes the file's name; open handles keep reading it until they drop it.
+    fn remove(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), "removing a staging file: {e}");
+            }
+        }
+    }
+}
+
+/// The object a node's key has in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+/// The mutable state of one file that was written, renamed or touched in this mount.
+#[derive(Debug)]
+pub struct FileState {
+    /// Key relative to the prefix.
+    pub key: String,
+    pub size: u64,
+    pub mtime_ms: i64,
+    /// The object now under `key` in the bucket, if known.
+    pub remote: Option<Remote>,
+    /// Local content; when `None` the content is `remote`.
+    pub staged: Option<Arc<Staged>>,
+    /// Bumped by every change of content, before the staging file changes.
+    pub version: u64,
+    /// The last version made durable locally (journaled) and queued.
+    pub flushed: u64,
+    /// The last version known to be in the bucket.
+    pub uploaded: u64,
+    /// Why the upload of `flushed` failed for good in this mount.
+    pub failed: Option<String>,
+    /// In the upload queue or uploading.
+    pub queued: bool,
+    pub unlinked: bool,
+    /// Open handles that may write.
+    pub writers: u32,
+}
+
+impl FileState {
+    /// Whether the content differs from what the bucket has (or will have once queued work ends).
+    pub fn pending(&self) -> bool {
+        !self.unlinked && self.flushed > self.uploaded
+    }
+}
+
+/// A file that was written, renamed or touched in this mount.
+#[derive(Debug)]
+pub struct FileNode {
+    pub ino: u64,
+    state: Mutex<FileState>,
+    /// Serializes staging, journaling and commits with unlink and rename.
+    commit: tokio::sync::Mutex<()>,
+    changed: Notify,
+}
+
+impl FileNode {
+    pub fn new(ino: u64, key: String, mtime_ms: i64, remote: Option<Remote>) -> Arc<Self> {
+        Arc::new(Self {
+            ino,
+            state: Mutex::new(FileState {
+                key,
+                size: remote.as_ref().map_or(0, |r| r.size),
+                mtime_ms,
+                remote,
+                staged: None,
+                version: 0,
+                flushed: 0,
+                uploaded: 0,
+                failed: None,
+                queued: false,
+                unlinked: false,
+                writers: 0,
+            }),
+            commit: tokio::sync::Mutex::new(()),
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, FileState> {
+        self.state.lock().unwrap()
+    }
+
+    /// Takes the commit lock (for rename and unlink, which must not overlap a commit).
+    pub async fn lock_commit(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.commit.lock().await
+    }
+}
+
+/// What a mount's staging directory held at start.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Files re-queued for upload (their nodes are in the overlay).
+    pub nodes: Vec<Arc<FileNode>>,
+    /// Records that belong to another source and stay untouched.
+    pub foreign: Vec<Record>,
+    /// Records that failed their checks.
+    pub damaged: usize,
+    /// Staging files without a record (never closed): removed.
+    pub orphans: usize,
+    /// The previous mount of this source changed the bucket and did not save its manifest.
+    pub unsaved_namespace: bool,
+}
+
+/// A summary for `pai-mount status`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct WriteStatus {
+    pub pending_files: u64,
+    pub pending_bytes: u64,
+    pub uploading: u64,
+    pub failed: Vec<FailedUpload>,
+    pub uploaded_files: u64,
+    pub uploaded_bytes: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FailedUpload {
+    pub key: String,
+    pub size: u64,
+    pub error: String,
+}
+
+/// The write-back engine of one mount.
+pub struct WriteBack {
+    config: WriteConfig,
+    source: ObjectSource,
+    metrics: Arc<Metrics>,
+    journal: Journal,
+    data_dir: PathBuf,
+    _lock: File,
+    next_id: AtomicU64,
+    queue: mpsc::Sender<Arc<FileNode>>,
+    parts: Arc<Semaphore>,
+    /// Nodes with a journal record, by staging id.
+    journaled: Mutex<HashMap<u64, Weak<FileNode>>>,
+    dirty_marked: AtomicBool,
+    uploading: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for WriteBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBack")
+            .field("dir", &self.config.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriteBack {
+    /// Opens (creating) the staging directory, takes its lock, reads the journal and starts the
+    /// uploader on the current tokio runtime. Recovered files are queued for upload.
+    pub fn open(
+        config: WriteConfig,
+        source: ObjectSource,
+        metrics: Arc<Metrics>,
+        mut new_ino: impl FnMut() -> u64,
+    ) -> Result<(Arc<Self>, Recovery), WriteBackError> {
+        create_private_dir(&config.dir)?;
+        let lock = lock_dir(&config.dir)?;
+        let journal = Journal::open(config.dir.join("journal"))?;
+        let data_dir = config.dir.join("data");
+        create_private_dir(&data_dir)?;
+        let scan = journal.scan()?;
+        let me = source.source().display_root();
+        let dirty = std::fs::read_to_string(config.dir.join("dirty")).unwrap_or_default();
+        let mut recovery = Recovery {
+            damaged: scan.damaged.len(),
+            unsaved_namespace: dirty.lines().any(|l| l == me),
+            ..Default::default()
+        };
+        let mut keep: Vec<u64> = scan.damaged.iter().filter_map(|(p, _)| id_of(p)).collect();
+        let mut max_id = 0;
+        for r in scan.records {
+            max_id = max_id.max(r.id);
+            keep.push(r.id);
+            if r.source != me {
+                recovery.foreign.push(r);
+                continue;
+            }
+            let path = data_dir.join(format!("{:016x}", r.id));
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(key = %r.key, path = %path.display(), "the staging file of a pending upload is missing ({e}); its record is set aside");
+                    let _ = std::fs::rename(
+                        journal.dir().join(format!("{:016x}.rec", r.id)),
+                        journal.dir().join(format!("{:016x}.rec.damaged", r.id)),
+                    );
+                    recovery.damaged += 1;
+                    continue;
+                }
+            };
+            let size = file.metadata()?.len();
+            let node = FileNode::new(new_ino(), r.key.clone(), r.mtime_ms, None);
+            {
+                let mut st = node.state();
+                st.size = size;
+                st.staged = Some(Arc::new(Staged {
+                    id: r.id,
+                    file,
+                    path,
+                }));
+                st.version = 1;
+                st.flushed = 1;
+            }
+            recovery.nodes.push(node);
+        }
+        for entry in std::fs::read_dir(&data_dir)? {
+            let path = entry?.path();
+            match id_of(&path) {
+                Some(id) if keep.contains(&id) => {}
+                Some(id) => {
+                    max_id = max_id.max(id);
+                    let _ = std::fs::remove_file(&path);
+                    recovery.orphans += 1;
+                }
+                None => {}
+            }
+        }
+        let (tx, rx) = mpsc::channel(config.queue_len.max(1));
+        let wb = Arc::new(Self {
+            parts: Arc::new(Semaphore::new(config.upload_parts.max(1))),
+            config,
+            source,
+            metrics,
+            journal,
+            data_dir,
+            _lock: lock,
+            next_id: AtomicU64::new(max_id + 1),
+            queue: tx,
+            journaled: Mutex::new(HashMap::new()),
+            dirty_marked: AtomicBool::new(recovery.unsaved_namespace),
+            uploading: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..wb.config.upload_files.max(1) {
+            let (wb, rx) = (Arc::downgrade(&wb), rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let (Some(node), Some(wb)) = (next, wb.upgrade()) else {
+                        return;
+                    };
+                    wb.upload(node).await;
+                }
+            });
+        }
+        {
+            let mut j = wb.journaled.lock().unwrap();
+            for n in &recovery.nodes {
+                let id = n.state().staged.as_ref().unwrap().id;
+                j.insert(id, Arc::downgrade(n));
+                n.state().queued = true;
+            }
+        }
+        let queued: Vec<_> = recovery.nodes.clone();
+        let tx = wb.queue.clone();
+        tokio::spawn(async move {
+            for n in queued {
+                if tx.send(n).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((wb, recovery))
+    }
+
+    pub fn config(&self) -> &WriteConfig {
+        &self.config
+    }
+
+    pub fn source(&self) -> &ObjectSource {
+        &self.source
+    }
+
+    /// Free bytes on the staging filesystem.
+    pub fn free_bytes(&self) -> u64 {
+        crate::cache::free_space(&self.config.dir).unwrap_or(0)
+    }
+
+    /// Records that this mount changed the bucket, so a mount after a crash re-lists instead
+    /// of trusting the stored manifest. Durable before the first change is acknowledged.
+    pub fn mark_dirty(&self) -> io::Result<()> {
+        if self.dirty_marked.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let path = self.config.dir.join("dirty");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        std::io::Write::write_all(
+            &mut f,
+            format!("{}\n", self.source.source().display_root()).as_bytes(),
+        )?;
+        f.sync_all()?;
+        File::open(&self.config.dir)?.sync_all()
+    }
+
+    /// The namespace was saved: a later mount may trust the stored manifest again.
+    pub fn clear_dirty(&self) -> io::Result<()> {
+        match std::fs::remove_file(self.config.dir.join("dirty")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.dirty_marked.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn new_staged(&self) -> io::Result<Arc<Staged>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = self.data_dir.join(format!("{id:016x}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(Arc::new(Staged { id, file, path }))
+    }
+
+    /// Makes sure `node` has a staging file, downloading its current object unless `empty`.
+    pub async fn stage(&self, node: &FileNode, empty: bool) -> Result<Arc<Staged>, WriteBackError> {
+        let _g = node.commit.lock().await;
+        let (key, remote) = {
+            let st = node.state();
+            if let Some(s) = &st.staged {
+                return Ok(s.clone());
+            }
+            (st.key.clone(), st.remote.clone())
+        };
+        let staged = self.new_staged()?;
+        let mut size = 0;
+        if let (Some(remote), false) = (remote, empty) {
+            if let Err(e) = self.download(&key, &remote, &staged).await {
+                staged.remove();
+                return Err(e);
+            }
+            size = remote.size;
+        }
+        let mut st = node.state();
+        st.staged = Some(staged.clone());
+        if empty {
+            st.version += 1;
+        }
+        st.size = size;
+        Ok(staged)
+    }
+
+    /// Copies an object into a staging file with parallel ranged GETs pinned to its ETag.
+    async fn download(
+        &self,
+        key: &str,
+        remote: &Remote,
+        staged: &Arc<Staged>,
+    ) -> Result<(), WriteBackError> {
+        use futures::StreamExt;
+        let part = self.config.part_size.max(1 << 20);
+        let ranges: Vec<_> = (0..remote.size.div_ceil(part))
+            .map(|i| i * part..remote.size.min((i + 1) * part))
+            .collect();
+        let mut results = futures::stream::iter(ranges)
+            .map(|r| {
+                let source = self.source.clone();
+                let staged = staged.clone();
+                let (key, etag, size) = (key.to_string(), remote.etag.clone(), remote.size);
+                let parts = self.parts.clone();
+                async move {
+                    let _permit = parts.acquire_owned().await.expect("never closed");
+                    let bytes = source
+                        .get_range(&key, r.clone(), etag.as_deref(), size)
+                        .await?;
+                    tokio::task::spawn_blocking(move || staged.write_at(&bytes, r.start))
+                        .await
+                        .expect("staging write panicked")?;
+                    Ok::<_, WriteBackError>(r.end - r.start)
+                }
+            })
+            .buffer_unordered(self.config.upload_parts.max(1));
+        while let Some(r) = results.next().await {
+            Metrics::add(&self.metrics.staged_fetch_bytes, r?);
+        }
+        Ok(())
+    }
+
+    /// `close()`: if `node` changed since it was last flushed, makes its staging file and a
+    /// journal record durable and queues it for upload. Returns after the local fsyncs.
+    pub async fn flush(&self, node: &Arc<FileNode>) -> Result<(), WriteBackError> {
+        {
+            let _g = node.commit.lock().await;
+            self.flush_locked(node)?;
+        }
+        self.enqueue(node).await
+    }
+
+    /// The durable part of [`Self::flush`]; the caller holds the node's commit lock.
+    pub fn flush_locked(&self, node: &FileNode) -> Result<(), WriteBackError> {
+        let (staged, record, version) = {
+            let st = node.state();
+            if st.unlinked || st.version == st.flushed || st.uploaded >= st.version {
+                return Ok(());
+            }
+            let Some(staged) = st.staged.clone() else {
+                return Ok(());
+            };
+            let record = Record {
+                id: staged.id,
+                source: self.source.source().display_root(),
+                key: st.key.clone(),
+                size: st.size,
+                mtime_ms: st.mtime_ms,
+                state: RecordState::Pending,
+                error: None,
+                attempts: 0,
+            };
+            (staged, record, st.version)
+        };
+        staged.sync()?;
+        self.mark_dirty()?;
+        self.journal.put(&record)?;
+        let mut st = node.state();
+        st.flushed = st.flushed.max(version);
+        st.failed = None;
+        Ok(())
+    }
+
+    /// Queues `node` for upload if it has flushed content not yet in the bucket.
+    pub async fn enqueue(&self, node: &Arc<FileNode>) -> Result<(), WriteBackError> {
+        let enqueue = {
+            let mut st = node.state();
+            if let Some(s) = &st.staged {
+                if st.pending() {
+                    self.journaled
+                        .lock()
+                        .unwrap()
+                        .insert(s.id, Arc::downgrade(node));
+                }
+            }
+            st.pending() && st.failed.is_none() && !std::mem::replace(&mut st.queued, true)
+        };
+        if enqueue && self.queue.send(node.clone()).await.is_err() {
+            return Err(WriteBackError::UploadFailed {
+                key: node.state().key.clone(),
+                why: "the uploader has stopped".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops the staging file of a node whose content is in the bucket and that no handle
+    /// writes any more; reads then go to the object.
+    pub fn release_staging(&self, node: &FileNode) {
+        let staged = {
+            let mut st = node.state();
+            if st.writers > 0 || st.pending() || st.version != st.uploaded || st.remote.is_none() {
+                return;
+            }
+            st.staged.take()
+        };
+        if let Some(s) = staged {
+            s.remove();
+        }
+    }
+
+    /// `fsync()`: flushes, then waits until the file's content is in the bucket.
+    pub async fn fsync(&self, node: &Arc<FileNode>) -> Result<(), WriteBackError> {
+        loop {
+            let notified = node.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.flush(node).await?;
+            {
+                let st = node.state();
+                if st.unlinked || st.uploaded >= st.flushed {
+                    return Ok(());
+                }
+                if let Some(why) = &st.failed {
+                    return Err(WriteBackError::UploadFailed {
+                        key: st.key.clone(),
+                        why: why.clone(),
+                    });
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Forgets an unlinked node's staging file and record (call with its commit lock held).
+    pub fn discard(&self, node: &FileNode) -> io::Result<()> {
+        let staged = {
+            let mut st = node.state();
+            st.unlinked = true;
+            st.version += 1;
+            st.staged.take()
+        };
+        node.changed.notify_waiters();
+        if let Some(s) = staged {
+            self.journaled.lock().unwrap().remove(&s.id);
+            self.journal.remove(s.id)?;
+            s.remove();
+        }
+        Ok(())
+    }
+
+    /// Uploads `node` until its flushed version is in the bucket, it fails for good, or it
+    /// is superseded (a newer close will queue it again).
+    async fn upload(&self, node: Arc<FileNode>) {
+        let mut attempts = 0u32;
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                node.state().queued = false;
+                return;
+            }
+            let snapshot = {
+                let mut st = node.state();
+                let staged = st.staged.clone();
+                match staged {
+                    Some(s) if st.pending() && st.version == st.flushed => {
+                        Some((st.key.clone(), s, st.version, st.size, st.mtime_ms))
+                    }
+                    _ => {
+                        // Nothing to send, or a writer is mid-way: its close queues it again.
+                        st.queued = false;
+                        None
+                    }
+                }
+            };
+            let Some((key, staged, version, size, mtime_ms)) = snapshot else {
+                node.changed.notify_waiters();
+                return;
+            };
+            self.uploading.fetch_add(1, Ordering::Relaxed);
+            let result = self
+                .upload_version(&node, &key, &staged, version, size, mtime_ms)
+                .await;
+            self.uploading.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(true) => {
+                    Metrics::add(&self.metrics.uploads_done, 1);
+                    Metrics::add(&self.metrics.uploaded_bytes, size);
+                    tracing::debug!(key = %key, size, "uploaded");
+                    continue; // loops once more to clear `queued` or send a newer version
+                }
+                Ok(false) => {
+                    Metrics::add(&self.metrics.uploads_superseded, 1);
+                    continue;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    let why = format!("{e}");
+                    if attempts >= self.config.max_attempts {
+                        Metrics::add(&self.metrics.uploads_failed, 1);
+                        tracing::error!(key = %key, attempts, "upload failed for good; kept in the journal and retried at the next mount: {why}");
+                        let _g = node.commit.lock().await;
+                        let record = {
+                            let mut st = node.state();
+                            st.failed = Some(why.clone());
+                            st.queued = false;
+                            Record {
+                                id: staged.id,
+                                source: self.source.source().display_root(),
+                                key: st.key.clone(),
+                                size: st.size,
+                                mtime_ms: st.mtime_ms,
+                                state: RecordState::Failed,
+                                error: Some(why),
+                                attempts,
+                            }
+                        };
+                        if !node.state().unlinked {
+                            if let Err(e) = self.journal.put(&record) {
+                                tracing::error!(key = %key, "recording the failure in the journal: {e}");
+                            }
+                        }
+                        node.changed.notify_waiters();
+                        return;
+                    }
+                    Metrics::add(&self.metrics.upload_retries, 1);
+                    let delay = self
+                        .config
+                        .retry_delay
+                        .saturating_mul(1 << (attempts - 1).min(5))
+                        .min(Duration::from_secs(30));
+                    tracing::warn!(key = %key, attempts, ?delay, "upload failed, retrying: {why}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Sends one version. `Ok(true)`: it is in the bucket. `Ok(false)`: the file changed, was
+    /// renamed or was unlinked meanwhile, and nothing was made visible.
+    async fn upload_version(
+        &self,
+        node: &Arc<FileNode>,
+        key: &str,
+        staged: &Arc<Staged>,
+        version: u64,
+        size: u64,
+        mtime_ms: i64,
+    ) -> Result<bool, WriteBackError> {
+        let part = self.config.part_size.max(size.div_ceil(MAX_PARTS)).max(1);
+        let prepared = if size <= part {
+            let permit = self
+                .parts
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let bytes = read_part(staged, 0..size).await?;
+            Prepared::Single(bytes, permit)
+        } else {
+            let mut mp = self.source.start_multipart(key, Some(mtime_ms)).await?;
+            let mut tasks = Vec::new();
+            let mut failed: Option<WriteBackError> = None;
+            for start in (0..size).step_by(part as usize) {
+                if node.state().version != version {
+                    break;
+                }
+                let permit = self
+                    .parts
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let bytes = match read_part(staged, start..size.min(start + part)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failed = Some(e.into());
+                        break;
+                    }
+                };
+                let send = mp.put_part(bytes);
+                tasks.push(tokio::spawn(async move {
+                    let r = send.await;
+                    drop(permit);
+                    r
+                }));
+            }
+            for t in tasks {
+                match t.await.expect("part upload panicked") {
+                    Ok(()) => {}
+                    Err(e) if failed.is_none() => failed = Some(e.into()),
+                    Err(_) => {}
+                }
+            }
+            if let Some(e) = failed {
+                mp.abort().await;
+                return Err(e);
+            }
+            Prepared::Multipart(mp)
+        };
+        let _g = node.commit.lock().await;
+        let current = {
+            let st = node.state();
+            !st.unlinked && st.version == version && st.key == key
+        };
+        if !current {
+            if let Prepared::Multipart(mp) = prepared {
+                mp.abort().await;
+            }
+            return Ok(false);
+        }
+        let etag = match prepared {
+            Prepared::Single(bytes, _permit) => {
+                self.source.put_object(key, bytes, Some(mtime_ms)).await?
+            }
+            Prepared::Multipart(mp) => mp.complete().await?,
+        };
+        self.journaled.lock().unwrap().remove(&staged.id);
+        self.journal.remove(staged.id)?;
+        let dropped = {
+            // One critical section: a writer either bumped the version before this check
+            // (and the staging file stays), or finds no staging file and stages again.
+            let mut st = node.state();
+            st.uploaded = version;
+            st.remote = Some(Remote { size, etag });
+            st.failed = None;
+            if st.writers == 0 && st.version == version {
+                st.staged.take()
+            } else {
+                None
+            }
+        };
+        if let Some(s) = dropped {
+            s.remove();
+        }
+        node.changed.notify_waiters();
+        Ok(true)
+    }
+
+    /// Pending and failed uploads.
+    pub fn status(&self) -> WriteStatus {
+        let nodes: Vec<Arc<FileNode>> = self
+            .journaled
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut s = WriteStatus {
+            uploading: self.uploading.load(Ordering::Relaxed),
+            uploaded_files: self.metrics.uploads_done.load(Ordering::Relaxed),
+            uploaded_bytes: self.metrics.uploaded_bytes.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for n in nodes {
+            let st = n.state();
+            if !st.pending() {
+                continue;
+            }
+            match &st.failed {
+                Some(why) => s.failed.push(FailedUpload {
+                    key: st.key.clone(),
+                    size: st.size,
+                    error: why.clone(),
+                }),
+                None => {
+                    s.pending_files += 1;
+                    s.pending_bytes += st.size;
+                }
+            }
+        }
+        s
+    }
+
+    /// Waits until no upload is pending (failed ones do not count), calling `progress` about
+    /// every 200 ms.
+    pub async fn drain(&self, mut progress: impl FnMut(&WriteStatus)) -> WriteStatus {
+        loop {
+            let s = self.status();
+            progress(&s);
+            if s.pending_files == 0 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops starting new uploads; what is pending stays in the journal.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+enum Prepared {
+    Single(Bytes, tokio::sync::OwnedSemaphorePermit),
+    Multipart(crate::object::MultipartWriter),
+}
+
+async fn read_part(staged: &Arc<Staged>, range: std::ops::Range<u64>) -> io::Result<Bytes> {
+    let staged = staged.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let n = staged.read_at(&mut buf, range.start)?;
+        if n != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "staging file {} is shorter than expected",
+                    staged.path.display()
+                ),
+            ));
+        }
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .expect("staging read panicked")
+}
+
+fn id_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    u64::from_str_radix(name.get(..16)?, 16).ok()
+}
+
+fn lock_dir(dir: &Path) -> Result<File, WriteBackError> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join("lock"))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(WriteBackError::Locked {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests;

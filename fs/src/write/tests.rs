@@ -1,0 +1,663 @@
+//! Core tests of write-back through the filesystem, without FUSE, over an in-memory store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use object_store::memory::InMemory;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use proptest::prelude::*;
+
+use super::*;
+use crate::error::FsError;
+use crate::fs::{Fs, FsConfig, SetAttr, ROOT_INO};
+use crate::manifest::{self, BuildOptions};
+use crate::object::Source;
+use crate::reader::RangeReaderFactory;
+
+struct Rig {
+    fs: Arc<Fs>,
+    store: Arc<InMemory>,
+    source: ObjectSource,
+    dir: std::path::PathBuf,
+}
+
+fn config(dir: &Path) -> WriteConfig {
+    let mut c = WriteConfig::new(dir.join("staging"));
+    c.part_size = 64 << 10; // small parts, so multipart uploads are exercised
+    c.retry_delay = Duration::from_millis(5);
+    c
+}
+
+async fn mount(store: Arc<InMemory>, dir: &Path, stop_uploads: bool) -> Rig {
+    let metrics = Arc::new(Metrics::default());
+    let source = ObjectSource::from_store(
+        Source::parse("s3://bkt").unwrap(),
+        store.clone() as Arc<dyn ObjectStore>,
+        metrics.clone(),
+    );
+    let (ns, _) = manifest::load_or_list(&source, &BuildOptions::default())
+        .await
+        .unwrap();
+    let fs = Fs::new(
+        ns,
+        Arc::new(RangeReaderFactory::new(source.clone())),
+        FsConfig::default(),
+        metrics.clone(),
+    );
+    let (wb, recovery) =
+        WriteBack::open(config(dir), source.clone(), metrics, || fs.new_ino()).unwrap();
+    if stop_uploads {
+        wb.stop();
+    }
+    let fs = Arc::new(fs.with_write_back(wb, recovery.nodes));
+    Rig {
+        fs,
+        store,
+        source,
+        dir: dir.to_path_buf(),
+    }
+}
+
+async fn setup(files: &[(&str, Vec<u8>)], dir: &Path) -> Rig {
+    let store = Arc::new(InMemory::new());
+    for (k, v) in files {
+        store
+            .put(&StorePath::from(*k), v.clone().into())
+            .await
+            .unwrap();
+    }
+    mount(store, dir, false).await
+}
+
+async fn object(store: &InMemory, key: &str) -> Option<Vec<u8>> {
+    match store.get(&StorePath::from(key)).await {
+        Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl Rig {
+    fn ino(&self, path: &str) -> Result<u64, FsError> {
+        let mut ino = ROOT_INO;
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            ino = self.fs.lookup(ino, seg.as_bytes())?.ino;
+        }
+        Ok(ino)
+    }
+
+    fn split<'a>(&self, path: &'a str) -> (u64, &'a str) {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        (self.ino(dir).unwrap(), name)
+    }
+
+    async fn read_all(&self, path: &str) -> Result<Vec<u8>, FsError> {
+        let fh = self.fs.open(self.ino(path)?, false)?;
+        let mut out = Vec::new();
+        loop {
+            let b = self.fs.read(fh, out.len() as u64, 100_000).await?;
+            if b.is_empty() {
+                break;
+            }
+            out.extend_from_slice(&b);
+        }
+        self.fs.release(fh).await?;
+        Ok(out)
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> u64 {
+        let (dir, name) = self.split(path);
+        let fh = match self.fs.create(dir, name.as_bytes()).await {
+            Ok((_, fh)) => fh,
+            Err(FsError::Exists) => {
+                let ino = self.ino(path).unwrap();
+                let fh = self.fs.open(ino, true).unwrap();
+                self.fs
+                    .setattr(
+                        ino,
+                        SetAttr {
+                            size: Some(0),
+                            fh: Some(fh),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                fh
+            }
+            Err(e) => panic!("{e}"),
+        };
+        for (i, chunk) in data.chunks(50_000).enumerate() {
+            self.fs.write(fh, (i * 50_000) as u64, chunk).await.unwrap();
+        }
+        fh
+    }
+
+    async fn close(&self, fh: u64) {
+        self.fs.flush(fh).await.unwrap();
+        self.fs.release(fh).await.unwrap();
+    }
+
+    fn wb(&self) -> &Arc<WriteBack> {
+        self.fs.write_back().unwrap()
+    }
+}
+
+/// Panics with a short message (not the whole content) when `got` and `want` differ.
+#[track_caller]
+fn same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {} bytes, want {}; first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn new_files_are_readable_at_once_and_uploaded_after_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(&[("d/old.txt", b"old".to_vec())], tmp.path()).await;
+    let big = pattern(300_000, 1); // five 64 KiB parts
+    let fh = rig.write_file("d/big.bin", &big).await;
+    assert_eq!(
+        rig.read_all("d/big.bin").await.unwrap(),
+        big,
+        "read your writes"
+    );
+    rig.fs.fsync(fh).await.unwrap();
+    assert_eq!(object(&rig.store, "d/big.bin").await.unwrap(), big);
+    rig.close(fh).await;
+    let fh = rig.write_file("d/small.txt", b"hello").await;
+    rig.close(fh).await;
+    let empty = rig.write_file("empty", b"").await;
+    rig.close(empty).await;
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(object(&rig.store, "d/small.txt").await.unwrap(), b"hello");
+    assert_eq!(object(&rig.store, "empty").await.unwrap(), b"");
+    assert_eq!(
+        rig.read_all("d/big.bin").await.unwrap(),
+        big,
+        "read from the object once uploaded"
+    );
+    let mut names = Vec::new();
+    rig.fs
+        .readdir(rig.ino("d").unwrap(), 0, false, |e| {
+            names.push(e.name.to_string());
+            false
+        })
+        .unwrap();
+    assert_eq!(names, [".", "..", "old.txt", "big.bin", "small.txt"]);
+    let journal = std::fs::read_dir(rig.dir.join("staging/journal"))
+        .unwrap()
+        .count();
+    assert_eq!(journal, 0, "records are removed after upload");
+    let data = std::fs::read_dir(rig.dir.join("staging/data"))
+        .unwrap()
+        .count();
+    assert_eq!(data, 0, "staging files are removed after upload");
+    let m = rig.fs.metrics();
+    assert_eq!(m.uploads_done.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn partial_overwrites_truncates_and_appends_of_existing_objects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = pattern(200_000, 7);
+    let rig = setup(
+        &[("f.bin", orig.clone()), ("log", b"line1\n".to_vec())],
+        tmp.path(),
+    )
+    .await;
+    let ino = rig.ino("f.bin").unwrap();
+    let fh = rig.fs.open(ino, true).unwrap();
+    rig.fs.write(fh, 100_000, b"PATCH").await.unwrap();
+    rig.fs.fsync(fh).await.unwrap();
+    let mut want = orig.clone();
+    want[100_000..100_005].copy_from_slice(b"PATCH");
+    assert_eq!(object(&rig.store, "f.bin").await.unwrap(), want);
+    rig.fs
+        .setattr(
+            ino,
+            SetAttr {
+                size: Some(1000),
+                fh: Some(fh),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    rig.close(fh).await;
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(object(&rig.store, "f.bin").await.unwrap(), want[..1000]);
+    // An append, as a log writer does it.
+    let log = rig.ino("log").unwrap();
+    let fh = rig.fs.open(log, true).unwrap();
+    let size = rig.fs.getattr(log).unwrap().size;
+    rig.fs.write(fh, size, b"line2\n").await.unwrap();
+    rig.close(fh).await;
+    // truncate(2) by path, with no handle open, is a change of its own.
+    rig.fs
+        .setattr(
+            rig.ino("f.bin").unwrap(),
+            SetAttr {
+                size: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(object(&rig.store, "log").await.unwrap(), b"line1\nline2\n");
+    assert_eq!(object(&rig.store, "f.bin").await.unwrap(), want[..10]);
+    let fetched = rig
+        .fs
+        .metrics()
+        .staged_fetch_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // f.bin once, log once, and f.bin's 1,000 bytes again: its staging file was dropped once
+    // its upload completed with no writer left.
+    assert_eq!(fetched, 200_000 + 6 + 1000);
+}
+
+#[tokio::test]
+async fn unlink_rename_mkdir_rmdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(
+        &[
+            ("a/x", b"x".to_vec()),
+            ("a/sub/y", b"y".to_vec()),
+            ("b", b"b".to_vec()),
+        ],
+        tmp.path(),
+    )
+    .await;
+    // Rename of a file of the bucket: copy, then delete.
+    let x_ino = rig.ino("a/x").unwrap();
+    rig.fs
+        .rename(rig.ino("a").unwrap(), b"x", ROOT_INO, b"x2", false)
+        .await
+        .unwrap();
+    assert_eq!(object(&rig.store, "a/x").await, None);
+    assert_eq!(object(&rig.store, "x2").await.unwrap(), b"x");
+    assert_eq!(
+        rig.ino("x2").unwrap(),
+        x_ino,
+        "a moved file keeps its inode"
+    );
+    assert!(matches!(rig.ino("a/x"), Err(FsError::NotFound)));
+    // Rename of a file still pending upload: it goes to the new key only.
+    let fh = rig.write_file("new", b"fresh").await;
+    rig.fs.flush(fh).await.unwrap();
+    rig.fs
+        .rename(ROOT_INO, b"new", ROOT_INO, b"b", false)
+        .await
+        .unwrap();
+    rig.fs.release(fh).await.unwrap();
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(object(&rig.store, "new").await, None);
+    assert_eq!(object(&rig.store, "b").await.unwrap(), b"fresh");
+    // Directories.
+    assert!(matches!(
+        rig.fs.rmdir(ROOT_INO, b"a").await,
+        Err(FsError::NotEmpty)
+    ));
+    rig.fs.mkdir(ROOT_INO, b"empty").await.unwrap();
+    assert!(matches!(
+        rig.fs.mkdir(ROOT_INO, b"empty").await,
+        Err(FsError::Exists)
+    ));
+    rig.fs
+        .rename(ROOT_INO, b"a", ROOT_INO, b"c", false)
+        .await
+        .unwrap();
+    assert_eq!(object(&rig.store, "c/sub/y").await.unwrap(), b"y");
+    assert_eq!(object(&rig.store, "a/sub/y").await, None);
+    assert_eq!(rig.read_all("c/sub/y").await.unwrap(), b"y");
+    assert!(matches!(rig.ino("a"), Err(FsError::NotFound)));
+    rig.fs
+        .unlink(rig.ino("c/sub").unwrap(), b"y")
+        .await
+        .unwrap();
+    rig.fs.rmdir(rig.ino("c").unwrap(), b"sub").await.unwrap();
+    rig.fs.rmdir(ROOT_INO, b"c").await.unwrap();
+    rig.fs.rmdir(ROOT_INO, b"empty").await.unwrap();
+    assert!(matches!(
+        rig.fs.unlink(ROOT_INO, b"nope").await,
+        Err(FsError::NotFound)
+    ));
+    // Unlink of a file while its upload is pending: nothing reaches the bucket.
+    let fh = rig.write_file("gone", &pattern(100_000, 3)).await;
+    rig.fs.flush(fh).await.unwrap();
+    rig.fs.unlink(ROOT_INO, b"gone").await.unwrap();
+    rig.fs.release(fh).await.unwrap();
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(object(&rig.store, "gone").await, None);
+    let mut keys: Vec<String> = rig
+        .store
+        .list(None)
+        .map(|m| m.unwrap().location.to_string())
+        .collect::<Vec<_>>()
+        .await;
+    keys.sort();
+    assert_eq!(keys, ["b", "x2"]);
+    // The merged namespace is what a manifest of the bucket now says.
+    let entries = rig.fs.merged_entries();
+    let names: Vec<String> = entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.key).to_string())
+        .collect();
+    assert_eq!(names, ["b", "x2"]);
+    // Modes and owners cannot be kept.
+    let b = rig.ino("b").unwrap();
+    let e = rig
+        .fs
+        .setattr(
+            b,
+            SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EPERM);
+    for bad in [&b".."[..], b"a\nb", b"", &[0xff, 0xfe]] {
+        assert!(rig.fs.create(ROOT_INO, bad).await.is_err(), "{bad:?}");
+    }
+    assert_eq!(
+        rig.fs
+            .create(ROOT_INO, b".pai-mount")
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EPERM
+    );
+}
+
+use futures::StreamExt;
+
+#[tokio::test]
+async fn a_new_mount_uploads_what_a_dead_one_left_in_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemory::new());
+    let data = pattern(150_000, 9);
+    {
+        // Uploads stopped: closed files stay in the journal, as after a kill -9.
+        let rig = mount(store.clone(), tmp.path(), true).await;
+        rig.fs.mkdir(ROOT_INO, b"ckpt").await.unwrap();
+        let fh = rig.write_file("ckpt/step1.pt", &data).await;
+        rig.close(fh).await;
+        let fh = rig.write_file("ckpt/half.pt", b"never closed").await;
+        let _ = fh; // never closed
+        let s = rig.wb().status();
+        assert_eq!((s.pending_files, s.pending_bytes), (1, 150_000));
+    }
+    assert_eq!(object(&store, "ckpt/step1.pt").await, None);
+    let rig = mount(store.clone(), tmp.path(), false).await;
+    assert_eq!(
+        rig.read_all("ckpt/step1.pt").await.unwrap(),
+        data,
+        "recovered files are visible before they are uploaded"
+    );
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(object(&store, "ckpt/step1.pt").await.unwrap(), data);
+    assert_eq!(
+        object(&store, "ckpt/half.pt").await,
+        None,
+        "never acknowledged"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("staging/data"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_second_daemon_cannot_take_the_staging_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(&[], tmp.path()).await;
+    let r = WriteBack::open(
+        config(tmp.path()),
+        rig.source.clone(),
+        Arc::new(Metrics::default()),
+        || 1,
+    );
+    assert!(matches!(r, Err(WriteBackError::Locked { .. })));
+    use std::os::unix::fs::PermissionsExt;
+    for d in ["staging", "staging/data", "staging/journal"] {
+        let mode = std::fs::metadata(tmp.path().join(d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{d}");
+    }
+}
+
+// The reference model: random operations on the filesystem and on a map of names to bytes.
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(usize),
+    Write(usize, u32, u16, u8),
+    Truncate(usize, u32),
+    Close(usize),
+    Unlink(usize),
+    Rename(usize, usize),
+    Read(usize),
+}
+
+const NAMES: [&str; 4] = ["a", "b", "c", "d/e"];
+
+fn op() -> impl Strategy<Value = Op> {
+    let n = 0..NAMES.len();
+    prop_oneof![
+        n.clone().prop_map(Op::Create),
+        (n.clone(), 0..200_000u32, 1..40_000u16, any::<u8>())
+            .prop_map(|(f, o, l, b)| Op::Write(f, o, l, b)),
+        (n.clone(), 0..200_000u32).prop_map(|(f, s)| Op::Truncate(f, s)),
+        n.clone().prop_map(Op::Close),
+        n.clone().prop_map(Op::Unlink),
+        (n.clone(), n.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+        n.prop_map(Op::Read),
+    ]
+}
+
+async fn run_model(ops: Vec<Op>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(
+        &[("a", b"initial a".to_vec()), ("d/keep", b"k".to_vec())],
+        tmp.path(),
+    )
+    .await;
+    let mut model: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    model.insert("a", b"initial a".to_vec());
+    let mut open: BTreeMap<&str, u64> = BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::Create(f) => {
+                let name = NAMES[f];
+                let (dir, leaf) = rig.split(name);
+                match rig.fs.create(dir, leaf.as_bytes()).await {
+                    Ok((_, fh)) => {
+                        assert!(!model.contains_key(name), "created an existing {name}");
+                        model.insert(name, Vec::new());
+                        if let Some(old) = open.insert(name, fh) {
+                            rig.close(old).await;
+                        }
+                    }
+                    Err(FsError::Exists) => assert!(model.contains_key(name)),
+                    Err(e) => panic!("create {name}: {e}"),
+                }
+            }
+            Op::Write(f, off, len, byte) => {
+                let name = NAMES[f];
+                let Some(content) = model.get_mut(name) else {
+                    continue;
+                };
+                let fh = match open.get(name) {
+                    Some(fh) => *fh,
+                    None => {
+                        let fh = rig.fs.open(rig.ino(name).unwrap(), true).unwrap();
+                        open.insert(name, fh);
+                        fh
+                    }
+                };
+                let data = vec![byte; len as usize];
+                rig.fs.write(fh, u64::from(off), &data).await.unwrap();
+                let end = off as usize + data.len();
+                if content.len() < end {
+                    content.resize(end, 0);
+                }
+                content[off as usize..end].copy_from_slice(&data);
+            }
+            Op::Truncate(f, size) => {
+                let name = NAMES[f];
+                let Some(content) = model.get_mut(name) else {
+                    continue;
+                };
+                let change = SetAttr {
+                    size: Some(u64::from(size)),
+                    fh: open.get(name).copied(),
+                    ..Default::default()
+                };
+                rig.fs
+                    .setattr(rig.ino(name).unwrap(), change)
+                    .await
+                    .unwrap();
+                content.resize(size as usize, 0);
+            }
+            Op::Close(f) => {
+                if let Some(fh) = open.remove(NAMES[f]) {
+                    rig.close(fh).await;
+                }
+            }
+            Op::Unlink(f) => {
+                let name = NAMES[f];
+                if let Some(fh) = open.remove(name) {
+                    rig.close(fh).await;
+                }
+                let (dir, leaf) = rig.split(name);
+                match rig.fs.unlink(dir, leaf.as_bytes()).await {
+                    Ok(()) => assert!(model.remove(name).is_some()),
+                    Err(FsError::NotFound) => assert!(!model.contains_key(name)),
+                    Err(e) => panic!("unlink {name}: {e}"),
+                }
+            }
+            Op::Rename(a, b) => {
+                let (from, to) = (NAMES[a], NAMES[b]);
+                for n in [from, to] {
+                    if let Some(fh) = open.remove(n) {
+                        rig.close(fh).await;
+                    }
+                }
+                let (fd, fl) = rig.split(from);
+                let (td, tl) = rig.split(to);
+                match rig
+                    .fs
+                    .rename(fd, fl.as_bytes(), td, tl.as_bytes(), false)
+                    .await
+                {
+                    Ok(()) => {
+                        if from != to {
+                            let content = model.remove(from).expect("renamed a missing file");
+                            model.insert(to, content);
+                        }
+                    }
+                    Err(FsError::NotFound) => assert!(!model.contains_key(from)),
+                    Err(e) => panic!("rename {from} {to}: {e}"),
+                }
+            }
+            Op::Read(f) => {
+                let name = NAMES[f];
+                match rig.read_all(name).await {
+                    Ok(got) => same(&got, model.get(name).expect("exists in the model"), name),
+                    Err(FsError::NotFound) => assert!(!model.contains_key(name)),
+                    Err(e) => panic!("read {name}: {e}"),
+                }
+            }
+        }
+        let mut listed = Vec::new();
+        rig.fs
+            .readdir(ROOT_INO, 2, false, |e| {
+                listed.push(e.name.to_string());
+                false
+            })
+            .unwrap();
+        let mut expect: Vec<String> = model
+            .keys()
+            .filter(|k| !k.contains('/'))
+            .map(|k| k.to_string())
+            .collect();
+        expect.push("d".into());
+        expect.sort();
+        listed.sort();
+        assert_eq!(listed, expect, "root listing");
+    }
+    for (_, fh) in std::mem::take(&mut open) {
+        rig.close(fh).await;
+    }
+    for (name, content) in &model {
+        same(&rig.read_all(name).await.unwrap(), content, name);
+    }
+    let s = rig.wb().drain(|_| {}).await;
+    assert!(s.failed.is_empty());
+    let mut bucket: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let metas: Vec<_> = rig.store.list(None).collect::<Vec<_>>().await;
+    for m in metas {
+        let key = m.unwrap().location.to_string();
+        let bytes = object(&rig.store, &key).await.unwrap();
+        bucket.insert(key, bytes);
+    }
+    let mut want: BTreeMap<String, Vec<u8>> =
+        model.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    want.insert("d/keep".into(), b"k".to_vec());
+    assert_eq!(
+        bucket.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert!(bucket == want, "bucket content differs from the model");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_filesystem_and_the_bucket_match_a_reference_model(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run_model(ops));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_regression_1() {
+    use Op::*;
+    run_model(vec![
+        Create(3),
+        Close(3),
+        Rename(3, 1),
+        Truncate(1, 48544),
+        Write(1, 4204, 8586, 13),
+        Create(3),
+        Read(1),
+        Rename(0, 2),
+        Truncate(3, 168406),
+        Write(3, 37132, 22985, 140),
+    ])
+    .await;
+}
