@@ -64,7 +64,7 @@ fn mount_serves_listing_stat_and_exact_bytes_from_the_manifest() {
         "{show}"
     );
 
-    let m = mount(&s, "s3://bkt/data", &[]);
+    let m = mount(&s, "s3://bkt/data", &["--read-only"]);
     let lists = s.backend().counters.list();
     let heads = s.backend().counters.head();
     let mut got = BTreeMap::new();
@@ -91,7 +91,7 @@ fn mount_serves_listing_stat_and_exact_bytes_from_the_manifest() {
         m.log()
     );
 
-    // Read-only.
+    // Read-only, as asked.
     let err = std::fs::write(m.path().join("new.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     let err = std::fs::OpenOptions::new()

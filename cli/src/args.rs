@@ -19,8 +19,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount a bucket prefix read-only (daemonizes once the mount is live)
-    Mount(MountArgs),
+    /// Mount a bucket prefix (daemonizes once the mount is live)
+    Mount(Box<MountArgs>),
+    /// Show pending and failed uploads and the cache of one mount, or of all
+    Status(StatusArgs),
     /// Unmount a mount point (also cleans up after a daemon that died)
     Unmount(UnmountArgs),
     /// Build or inspect the manifest of a prefix
@@ -102,12 +104,45 @@ pub struct MountArgs {
     pub list_concurrency: usize,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// Log file of the daemon (default: ~/.local/state/pai-mount/<mountpoint>.log)
     #[arg(long)]
     pub log_file: Option<PathBuf>,
     /// Internal: the daemon reports readiness on this file descriptor
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
+}
+
+/// Write-back: staging and uploads.
+#[derive(Debug, Args, Clone)]
+pub struct WriteArgs {
+    /// Refuse every change with EROFS (same as -o ro)
+    #[arg(long)]
+    pub read_only: bool,
+    /// Where written files wait for upload, with their journal (mode 0700). Default:
+    /// <cache-dir>/staging, else ~/.cache/pai-mount/staging/<source>
+    #[arg(long)]
+    pub staging_dir: Option<PathBuf>,
+    /// Part size of multipart uploads; smaller files go in one PUT
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    pub upload_part_size: u64,
+    /// Files uploading at once
+    #[arg(long, default_value_t = 8)]
+    pub upload_files: usize,
+    /// Upload parts in flight for the whole mount (each holds one part in memory)
+    #[arg(long, default_value_t = 16)]
+    pub upload_parts: usize,
+    /// Renaming a directory with more entries than this fails with EXDEV (mv then copies)
+    #[arg(long, default_value_t = 10_000)]
+    pub rename_dir_limit: usize,
+    /// Attempts of one upload (each after the HTTP layer's own retries) before it is marked
+    /// failed and kept for the next mount
+    #[arg(long, default_value_t = 5)]
+    pub upload_attempts: u32,
+    /// Delay before the second attempt; doubled for each further one, at most 30s
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub upload_retry_delay: Duration,
 }
 
 /// Read path tuning: prefetching and the disk cache.
@@ -153,9 +188,22 @@ pub struct WarmArgs {
 #[derive(Debug, Args)]
 pub struct UnmountArgs {
     pub mountpoint: PathBuf,
-    /// Detach even if busy; the mount goes away when the last user leaves
+    /// Do not wait for pending uploads: they stay in the journal and resume at the next mount
+    /// with the same staging directory
     #[arg(long)]
     pub lazy: bool,
+    /// Detach even if busy; the mount goes away when the last user leaves
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A mount point (default: every mount of this user)
+    pub mountpoint: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@ mod args;
 mod demo;
 mod manifest_cmd;
 mod mount;
+mod status;
 mod store;
 mod warm;
 
@@ -12,8 +13,9 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
     let result = match cli.command {
-        args::Command::Mount(m) => mount::run(m),
+        args::Command::Mount(m) => mount::run(*m),
         args::Command::Unmount(u) => mount::unmount(u),
+        args::Command::Status(s) => status::run(s),
         args::Command::Manifest(m) => manifest_cmd::run(m),
         args::Command::Demo(d) => demo::run(d),
         args::Command::Warm(w) => warm::run(w),

@@ -7,7 +7,8 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,10 @@ use pai_mount_fs::manifest::{self, BuildOptions, Origin};
 use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::mountpoint;
 use pai_mount_fs::namespace::Namespace;
+use pai_mount_fs::write::{WriteBack, WriteConfig};
 
 use crate::args::{MountArgs, UnmountArgs};
+use crate::status::{self, DaemonStatus};
 
 /// Applies `-o` options.
 fn parse_options(
@@ -39,7 +42,7 @@ fn parse_options(
             "gid" => fs.gid = num(v, 10)?,
             "file_mode" => fs.file_mode = (num(v, 8)? & 0o7777) as u16,
             "dir_mode" => fs.dir_mode = (num(v, 8)? & 0o7777) as u16,
-            "ro" => {}
+            "ro" => mount.read_only = true,
             other => bail!("unknown mount option {other:?} (known: allow_other, uid=, gid=, file_mode=, dir_mode=, ro)"),
         }
     }
@@ -47,26 +50,35 @@ fn parse_options(
 }
 
 /// Where the daemon logs by default: ~/.local/state/pai-mount/<mountpoint>.log, dir mode 0700.
-fn default_log_file(mountpoint: &std::path::Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::var_os("XDG_STATE_HOME")
+fn default_log_file(mountpoint: &Path) -> anyhow::Result<PathBuf> {
+    Ok(status::state_dir()?.join(format!("{}.log", status::mount_name(mountpoint))))
+}
+
+/// Where written files wait for upload: `--staging-dir`, else `<cache-dir>/staging`, else
+/// `$XDG_CACHE_HOME/pai-mount/staging/<source>` (one per source, so a remount finds the
+/// uploads a dead daemon left).
+fn staging_dir(a: &MountArgs, source: &str) -> PathBuf {
+    if let Some(d) = &a.write.staging_dir {
+        return d.clone();
+    }
+    if let Some(d) = &a.cache.cache_dir {
+        return d.join("staging");
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
-    let dir = base.join("pai-mount");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("creating log directory {}", dir.display()))?;
-    let name: String = mountpoint
-        .to_string_lossy()
-        .trim_matches('/')
-        .replace('/', "-");
-    Ok(dir.join(format!(
-        "{}.log",
-        if name.is_empty() { "root" } else { &name }
-    )))
+    let name: String = source
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    base.join("pai-mount/staging").join(name)
 }
 
 pub fn run(a: MountArgs) -> anyhow::Result<()> {
@@ -169,19 +181,31 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let mp = std::fs::canonicalize(&a.mountpoint).unwrap_or_else(|_| a.mountpoint.clone());
+    let status_file = status::status_path(&mp)?;
+    let lazy = Arc::new(AtomicBool::new(false));
     let mut session = session;
     let mut unmounter = fuse::unmounter(&mut session);
+    let lazy_flag = lazy.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined1()),
         ) else {
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        // SIGUSR1 (sent by `unmount --lazy`): leave pending uploads to the next mount.
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = usr1.recv() => {
+                    tracing::info!("asked to leave pending uploads to the next mount");
+                    lazy_flag.store(true, Ordering::Release);
+                }
+            }
         }
         tracing::info!("signal received, unmounting");
         if let Err(e) = unmounter.unmount() {
@@ -191,15 +215,141 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     if let Some(task) = refresh {
         rt.spawn(task);
     }
+    let report = {
+        let (fs, a_source, mp, cache_dir) = (
+            fs.clone(),
+            a.store.source.clone(),
+            mp.clone(),
+            a.cache.cache_dir.clone(),
+        );
+        move |state: &str, outcome: Option<String>| DaemonStatus {
+            pid: std::process::id(),
+            mountpoint: mp.clone(),
+            source: a_source.clone(),
+            state: state.to_string(),
+            updated_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            staging_dir: fs.write_back().map(|w| w.config().dir.clone()),
+            cache_bytes: cache_dir.as_deref().map_or(0, dir_bytes),
+            cache_dir: cache_dir.clone(),
+            write: fs.write_back().map(|w| w.status()),
+            outcome,
+        }
+    };
+    let report = Arc::new(report);
+    status::write(&status_file, &report("mounted", None));
+    let ticker = {
+        let (report, path) = (report.clone(), status_file.clone());
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                status::write(&path, &report("mounted", None));
+            }
+        })
+    };
     if let Some(mut r) = ready.take() {
         let _ = writeln!(r, "ok");
     }
     tracing::info!(mountpoint = %a.mountpoint.display(), "mount is live");
     let run = fuse::run(session);
+    ticker.abort();
+    let outcome = fs.write_back().map(|wb| {
+        finish_uploads(&rt, &fs, wb, lazy.load(Ordering::Acquire), &|s| {
+            status::write(&status_file, &report("draining", Some(s.to_string())))
+        })
+    });
     fs.metrics().log();
+    status::write(&status_file, &report("exited", outcome));
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(2));
     run.context("FUSE session")
+}
+
+/// After the kernel unmount: waits for pending uploads (unless `lazy`), then saves the
+/// namespace as the prefix's manifest. Returns a one-line outcome.
+fn finish_uploads(
+    rt: &tokio::runtime::Runtime,
+    fs: &Arc<Fs>,
+    wb: &Arc<WriteBack>,
+    lazy: bool,
+    progress: &dyn Fn(&str),
+) -> String {
+    let s = if lazy {
+        wb.stop();
+        wb.status()
+    } else {
+        let mut last_log = std::time::Instant::now();
+        rt.block_on(wb.drain(|s| {
+            let line = format!(
+                "uploading: {} files ({}) left",
+                s.pending_files,
+                status::mib(s.pending_bytes)
+            );
+            progress(&line);
+            if last_log.elapsed() > Duration::from_secs(5) {
+                tracing::info!("{line}");
+                last_log = std::time::Instant::now();
+            }
+        }))
+    };
+    let mut outcome = if s.pending_files > 0 {
+        format!(
+            "left {} uploads ({}) in the journal for the next mount",
+            s.pending_files,
+            status::mib(s.pending_bytes)
+        )
+    } else {
+        format!(
+            "all uploads finished ({} files, {})",
+            s.uploaded_files,
+            status::mib(s.uploaded_bytes)
+        )
+    };
+    if !s.failed.is_empty() {
+        outcome += &format!(
+            "; {} uploads failed and stay in the journal (pai-mount status shows them)",
+            s.failed.len()
+        );
+    }
+    if wb.is_dirty() {
+        match rt.block_on(fs.save_manifest()) {
+            Ok(len) => {
+                tracing::info!(bytes = len, "saved the manifest");
+                if s.pending_files == 0 && s.failed.is_empty() {
+                    if let Err(e) = wb.clear_dirty() {
+                        tracing::warn!("clearing the dirty marker: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("saving the manifest failed; the next mount lists the prefix: {e}");
+                outcome += "; the manifest was not saved (the next mount lists the prefix)";
+            }
+        }
+    }
+    tracing::info!("{outcome}");
+    outcome
+}
+
+/// Bytes in files under `dir` (the disk cache's size, for status).
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 type Started = (
@@ -218,6 +368,7 @@ fn start(a: &MountArgs) -> anyhow::Result<Started> {
     let mut mount_options = MountOptions {
         threads: a.threads,
         fs_name: a.store.source.clone(),
+        read_only: false,
         ..MountOptions::default()
     };
     parse_options(&a.options, &mut fs_config, &mut mount_options)?;
@@ -230,14 +381,74 @@ fn start(a: &MountArgs) -> anyhow::Result<Started> {
     let build = BuildOptions {
         concurrency: a.list_concurrency,
     };
-    let (ns, origin) = rt.block_on(manifest::load_or_list(&source, &build))?;
+    let writable = !(a.write.read_only || mount_options.read_only);
+    mount_options.read_only = !writable;
+    let write_back = if writable {
+        let dir = staging_dir(a, &source.source().display_root());
+        let config = WriteConfig {
+            part_size: a.write.upload_part_size,
+            upload_files: a.write.upload_files,
+            upload_parts: a.write.upload_parts,
+            rename_dir_limit: a.write.rename_dir_limit,
+            max_attempts: a.write.upload_attempts.max(1),
+            retry_delay: a.write.upload_retry_delay,
+            ..WriteConfig::new(dir.clone())
+        };
+        let _guard = rt.enter();
+        let mut next = pai_mount_fs::fs::OVERLAY_INO;
+        let (wb, recovery) = WriteBack::open(config, source.clone(), metrics.clone(), || {
+            next += 1;
+            next
+        })
+        .with_context(|| format!("opening the staging directory {}", dir.display()))?;
+        if !recovery.nodes.is_empty() {
+            tracing::warn!(
+                files = recovery.nodes.len(),
+                "resuming uploads a previous mount left in the journal"
+            );
+        }
+        for r in &recovery.foreign {
+            tracing::warn!(source = %r.source, key = %r.key, "a pending upload of another source stays in the journal; mount that source with this staging directory to finish it");
+        }
+        if recovery.damaged > 0 {
+            tracing::error!(records = recovery.damaged, "damaged journal records were set aside (see pai-mount status and docs/SEMANTICS.md)");
+        }
+        if recovery.orphans > 0 {
+            tracing::info!(
+                files = recovery.orphans,
+                "removed staging files of writes that were never closed"
+            );
+        }
+        Some((wb, recovery))
+    } else {
+        None
+    };
+    let unsaved = write_back
+        .as_ref()
+        .is_some_and(|(_, r)| r.unsaved_namespace);
+    let (ns, origin) = if unsaved {
+        let why =
+            "the previous mount of this source changed it and ended without saving its manifest"
+                .to_string();
+        tracing::warn!("{why}; listing the prefix instead of loading the stored manifest");
+        let (header, entries) =
+            rt.block_on(manifest::build(&source, &build, &Default::default()))?;
+        let ns = Namespace::from_entries(&entries, header.built_at_ms);
+        (ns, Origin::Listed { header, why })
+    } else {
+        rt.block_on(manifest::load_or_list(&source, &build))?
+    };
     log_namespace(&ns, &origin);
     // The manifest bytes and listing pages are gone; hand their pages back to the system so
     // the daemon's resident size reflects what it holds.
     // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
     unsafe { libc::malloc_trim(0) };
     let readers = crate::store::prefetcher(&source, &a.cache, metrics.clone())?;
-    let fs = Arc::new(Fs::new(ns, Arc::new(readers), fs_config, metrics));
+    let mut fs = Fs::new(ns, Arc::new(readers), fs_config, metrics);
+    if let Some((wb, recovery)) = write_back {
+        fs = fs.with_write_back(wb, recovery.nodes);
+    }
+    let fs = Arc::new(fs);
     let session = fuse::mount(fs.clone(), rt.handle().clone(), &mp, &mount_options)
         .with_context(|| format!("mounting at {}", mp.display()))?;
     let refresh = a.refresh.map(|every| {
@@ -310,10 +521,19 @@ pub fn unmount(a: UnmountArgs) -> anyhow::Result<()> {
     if !mountpoint::is_mount_point(&path) {
         bail!("{} is not a mount point", path.display());
     }
-    mountpoint::unmount(&path, a.lazy).map_err(|e| {
+    let status_file = status::status_path(&path)?;
+    let daemon = status::read(&status_file)
+        .filter(|s| s.state == "mounted" && status::alive(s.pid))
+        .map(|s| s.pid);
+    if let (true, Some(pid)) = (a.lazy, daemon) {
+        // SAFETY: kill sends a signal to the daemon we started; no memory is involved.
+        unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mountpoint::unmount(&path, a.detach).map_err(|e| {
         if e.raw_os_error() == Some(libc::EBUSY) {
             anyhow::anyhow!(
-                "{} is busy (a process has files open or its cwd there); close them, or use --lazy",
+                "{} is busy (a process has files open or its cwd there); close them, or use --detach",
                 path.display()
             )
         } else {
@@ -321,5 +541,33 @@ pub fn unmount(a: UnmountArgs) -> anyhow::Result<()> {
         }
     })?;
     eprintln!("unmounted {}", path.display());
+    let Some(pid) = daemon else {
+        return Ok(());
+    };
+    // The daemon finishes (or, with --lazy, leaves) pending uploads, then exits.
+    let mut last = String::new();
+    while status::alive(pid) {
+        if let Some(s) = status::read(&status_file) {
+            if let (Some(line), "draining") = (&s.outcome, s.state.as_str()) {
+                if *line != last {
+                    eprintln!("{line}");
+                    last = line.clone();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    match status::read(&status_file).and_then(|s| s.outcome) {
+        Some(outcome) => {
+            eprintln!("{outcome}");
+            let failed = status::read(&status_file)
+                .and_then(|s| s.write)
+                .is_some_and(|w| !w.failed.is_empty());
+            if failed {
+                bail!("some uploads failed; they are kept and retried at the next mount");
+            }
+        }
+        None => eprintln!("the daemon exited"),
+    }
     Ok(())
 }

@@ -207,6 +207,9 @@ impl Fs {
     /// Makes the mount writable through `write`. Files it recovered from an earlier mount
     /// (`recovered`) appear at their keys at once.
     pub fn with_write_back(mut self, write: Arc<WriteBack>, recovered: Vec<Arc<FileNode>>) -> Self {
+        if let Some(max) = recovered.iter().map(|n| n.ino).max() {
+            self.next_ino.fetch_max(max + 1, Ordering::Relaxed);
+        }
         {
             let snap = self.current();
             let mut ov = self.overlay.write().unwrap();

@@ -203,3 +203,52 @@ async fn a_read_that_failed_after_retries_is_fetched_again_by_the_next_read() {
     let got = r.read(4096, 2_000_000).await.unwrap();
     assert_eq!(&got[..], &data[4096..2_004_096]);
 }
+
+#[tokio::test]
+async fn writes_copies_deletes_and_markers_against_the_server() {
+    let server = TestServer::start(ServerConfig::default()).await.unwrap();
+    server.backend().create_bucket("bkt");
+    for path_style in [true, false] {
+        let s = connect(&server, "s3://bkt/pre", path_style).await;
+        let etag = s
+            .put_object(
+                "a b/x.txt",
+                bytes::Bytes::from_static(b"hello"),
+                Some(1_700_000_000_123),
+            )
+            .await
+            .unwrap();
+        assert!(etag.is_some());
+        let stored = server.backend().get("bkt", "pre/a b/x.txt").unwrap();
+        assert_eq!(
+            stored.metadata.get("mtime").map(String::as_str),
+            Some("1700000000.123")
+        );
+        s.copy("a b/x.txt", "y.txt").await.unwrap();
+        assert_eq!(s.head("y.txt").await.unwrap().unwrap().0, 5);
+        s.delete("a b/x.txt").await.unwrap();
+        s.delete("a b/x.txt").await.unwrap();
+        assert!(s.head("a b/x.txt").await.unwrap().is_none());
+        s.marker("empty dir", true).await.unwrap();
+        assert!(server.backend().get("bkt", "pre/empty dir/").is_some());
+        s.marker("empty dir", false).await.unwrap();
+        s.marker("empty dir", false).await.unwrap();
+        assert!(server.backend().get("bkt", "pre/empty dir/").is_none());
+        let mut mp = s.start_multipart("big", Some(0)).await.unwrap();
+        let parts = [vec![1u8; 5 << 20], vec![2u8; 1000]];
+        let sends: Vec<_> = parts
+            .iter()
+            .map(|p| mp.put_part(p.clone().into()))
+            .collect();
+        for f in sends {
+            f.await.unwrap();
+        }
+        mp.complete().await.unwrap();
+        assert_eq!(
+            server.backend().get("bkt", "pre/big").unwrap().data.len(),
+            (5 << 20) + 1000
+        );
+        s.delete("big").await.unwrap();
+        s.delete("y.txt").await.unwrap();
+    }
+}

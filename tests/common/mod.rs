@@ -26,6 +26,10 @@ pub fn cmd(server: &TestServer, args: &[&str]) -> Command {
             "XDG_STATE_HOME",
             std::env::temp_dir().join("pai-mount-test-state"),
         )
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("pai-mount-test-cache"),
+        )
         .env_remove("PAI_MOUNT_LOG");
     if !args.contains(&"--endpoint") && args.iter().any(|a| a.starts_with("s3://")) {
         c.args(["--endpoint", &server.endpoint(), "--path-style"]);
@@ -84,6 +88,14 @@ pub fn mount(server: &TestServer, url: &str, extra: &[&str]) -> Mounted {
         log.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
+    // Every mount gets a staging directory of its own unless the test chose one.
+    let staging = dir.path().with_extension("staging");
+    if !extra
+        .iter()
+        .any(|a| *a == "--staging-dir" || *a == "--cache-dir" || *a == "--read-only")
+    {
+        args.extend_from_slice(&["--staging-dir", staging.to_str().unwrap()]);
+    }
     ok(cmd(server, &args).output().unwrap());
     Mounted { dir, log }
 }

@@ -608,7 +608,7 @@ impl Fs {
         let header = manifest::Header {
             source: wb.source().source().display_root(),
             built_at_ms: now_ms(),
-            object_count: entries.iter().filter(|e| !e.key.ends_with(b"/")).count() as u64,
+            object_count: entries.len() as u64,
             total_bytes: entries.iter().map(|e| e.size).sum(),
             list_requests: 0,
             builder: format!("pai-mount {} (mount)", env!("CARGO_PKG_VERSION")),

@@ -58,6 +58,13 @@ pub trait Lister: std::fmt::Debug + Send + Sync {
     /// Creates (`create`) or deletes a directory marker, the empty object `key` ending in `/`
     /// (`object_store` cannot name such keys). A missing marker is not an error on delete.
     async fn marker(&self, key: &[u8], create: bool) -> Result<(), SourceError>;
+
+    /// Deletes one object with a plain DELETE, if this lister speaks HTTP itself (`object_store`
+    /// deletes through the multi-object API, which not every S3-compatible server offers).
+    /// `Ok(false)`: not handled here.
+    async fn delete(&self, _key: &[u8]) -> Result<bool, SourceError> {
+        Ok(false)
+    }
 }
 
 /// Path encoding of a key: everything but unreserved characters and `/`.
@@ -364,6 +371,10 @@ impl Lister for S3Lister {
 
     async fn marker(&self, key: &[u8], create: bool) -> Result<(), SourceError> {
         self.marker_request(key, create).await
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<bool, SourceError> {
+        self.marker_request(key, false).await.map(|()| true)
     }
 }
 

@@ -401,6 +401,22 @@ impl ObjectSource {
     pub async fn delete(&self, rel: &str) -> Result<(), WriteError> {
         let path = self.write_path("delete", rel)?;
         Metrics::add(&self.metrics.delete_requests, 1);
+        let key = self.full_key(rel);
+        match self.lister.delete(key.as_bytes()).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => {
+                return Err(WriteError {
+                    op: "delete",
+                    kind: match e {
+                        SourceError::Denied { .. } => WriteErrorKind::Denied,
+                        _ => WriteErrorKind::Other,
+                    },
+                    key,
+                    source: Box::new(e),
+                })
+            }
+        }
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(write_error("delete", &self.full_key(rel), e)),

@@ -449,6 +449,11 @@ impl WriteBack {
         File::open(&self.config.dir)?.sync_all()
     }
 
+    /// Whether this mount (or a dead one before it) changed the bucket's namespace.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty_marked.load(Ordering::Acquire)
+    }
+
     /// The namespace was saved: a later mount may trust the stored manifest again.
     pub fn clear_dirty(&self) -> io::Result<()> {
         match std::fs::remove_file(self.config.dir.join("dirty")) {

@@ -61,6 +61,9 @@ pub struct Faults {
     /// The next N GET bodies are cut (the connection is dropped) after `cut_after` bytes.
     pub cut_gets: AtomicU32,
     pub cut_after: AtomicU64,
+    /// The next N PUT requests (single PUTs and upload parts) lose their connection before
+    /// any answer, as a reset would.
+    pub reset_puts: AtomicU32,
 }
 
 impl Faults {
@@ -71,7 +74,10 @@ impl Faults {
         self.cut_after.store(after_bytes, Ordering::SeqCst);
         self.cut_gets.store(n, Ordering::SeqCst);
     }
-    fn take(counter: &AtomicU32) -> bool {
+    pub fn reset_next_puts(&self, n: u32) {
+        self.reset_puts.store(n, Ordering::SeqCst);
+    }
+    pub(crate) fn take(counter: &AtomicU32) -> bool {
         counter
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()

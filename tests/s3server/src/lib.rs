@@ -59,6 +59,34 @@ impl Default for ServerConfig {
     }
 }
 
+/// The S3 service with connection-level faults in front of it.
+#[derive(Clone)]
+struct Faulty {
+    inner: s3s::service::S3Service,
+    backend: Arc<Memory>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
+    type Response = <s3s::service::S3Service as hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+    >>::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if req.method() == http::Method::PUT
+            && backend::Faults::take(&self.backend.faults.reset_puts)
+        {
+            // An error from the service makes hyper drop the connection without an answer.
+            return Box::pin(async { Err("injected connection reset".into()) });
+        }
+        let fut = hyper::service::Service::call(&self.inner, req);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
+
 /// A running server. Dropping it stops accepting connections.
 pub struct TestServer {
     addr: SocketAddr,
@@ -82,6 +110,7 @@ impl TestServer {
             domain: config.domain.clone(),
         });
         let service = builder.build();
+        let faults_of = backend.clone();
         let (stop, mut stopped) = watch::channel(false);
         tokio::spawn(async move {
             loop {
@@ -96,7 +125,10 @@ impl TestServer {
                     _ = stopped.changed() => return,
                 };
                 let _ = stream.set_nodelay(true);
-                let service = service.clone();
+                let service = Faulty {
+                    inner: service.clone(),
+                    backend: faults_of.clone(),
+                };
                 tokio::spawn(async move {
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -1,0 +1,164 @@
+//! The status file a daemon keeps, and `pai-mount status`.
+//!
+//! Every daemon writes `<state dir>/<mountpoint>.status.json` (the state dir is
+//! `$XDG_STATE_HOME/pai-mount` or `~/.local/state/pai-mount`, mode 0700) about once a second
+//! and when it exits. `status` and `unmount` read it; a file whose daemon is gone says so.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use pai_mount_fs::write::WriteStatus;
+use serde::{Deserialize, Serialize};
+
+use crate::args::StatusArgs;
+
+/// What a daemon reports about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub mountpoint: PathBuf,
+    pub source: String,
+    /// `mounted`, `draining` (unmounted, finishing uploads), or `exited`.
+    pub state: String,
+    pub updated_at_ms: i64,
+    pub staging_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_bytes: u64,
+    pub write: Option<WriteStatus>,
+    /// How the last unmount ended, once it has.
+    pub outcome: Option<String>,
+}
+
+/// The state directory (created with mode 0700).
+pub fn state_dir() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let dir = base.join("pai-mount");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A file name for a mount point: its path with `/` as `-`.
+pub fn mount_name(mountpoint: &Path) -> String {
+    let name: String = mountpoint
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "-");
+    if name.is_empty() {
+        "root".into()
+    } else {
+        name
+    }
+}
+
+pub fn status_path(mountpoint: &Path) -> anyhow::Result<PathBuf> {
+    Ok(state_dir()?.join(format!("{}.status.json", mount_name(mountpoint))))
+}
+
+/// Writes the status atomically.
+pub fn write(path: &Path, s: &DaemonStatus) {
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(s).expect("status serializes");
+    if std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .is_err()
+    {
+        tracing::debug!(path = %path.display(), "could not write the status file");
+    }
+}
+
+pub fn read(path: &Path) -> Option<DaemonStatus> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists; nothing is delivered.
+    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn describe(s: &DaemonStatus) -> String {
+    let mut out = format!("{} on {}\n", s.source, s.mountpoint.display());
+    let state = if alive(s.pid) || s.state == "exited" {
+        s.state.clone()
+    } else {
+        "daemon not running (it was killed; pending uploads resume at the next mount)".into()
+    };
+    out += &format!("  state:    {state} (pid {})\n", s.pid);
+    if let Some(w) = &s.write {
+        out += &format!(
+            "  uploads:  {} pending ({}), {} in progress, {} done ({})\n",
+            w.pending_files,
+            mib(w.pending_bytes),
+            w.uploading,
+            w.uploaded_files,
+            mib(w.uploaded_bytes)
+        );
+        if !w.failed.is_empty() {
+            out += &format!(
+                "  failed:   {} (kept in the journal, retried at the next mount)\n",
+                w.failed.len()
+            );
+            for f in &w.failed {
+                out += &format!("    {} ({}): {}\n", f.key, mib(f.size), f.error);
+            }
+        }
+    } else {
+        out += "  uploads:  read-only mount\n";
+    }
+    if let Some(d) = &s.staging_dir {
+        out += &format!("  staging:  {}\n", d.display());
+    }
+    if let Some(d) = &s.cache_dir {
+        out += &format!("  cache:    {} ({})\n", d.display(), mib(s.cache_bytes));
+    }
+    if let Some(o) = &s.outcome {
+        out += &format!("  last unmount: {o}\n");
+    }
+    out
+}
+
+pub fn run(a: StatusArgs) -> anyhow::Result<()> {
+    let files: Vec<PathBuf> = match &a.mountpoint {
+        Some(mp) => {
+            let abs = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
+            vec![status_path(&abs)?]
+        }
+        None => {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(state_dir()?)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.to_string_lossy().ends_with(".status.json"))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let found: Vec<DaemonStatus> = files.iter().filter_map(|p| read(p)).collect();
+    if found.is_empty() {
+        match &a.mountpoint {
+            Some(mp) => anyhow::bail!("no pai-mount status for {}", mp.display()),
+            None => {
+                eprintln!("no pai-mount mounts");
+                return Ok(());
+            }
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        for s in &found {
+            print!("{}", describe(s));
+        }
+    }
+    Ok(())
+}
