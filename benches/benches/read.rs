@@ -9,13 +9,13 @@
 //! Needs root (FUSE, and dropping the page cache for the cold and disk-cache rows).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore};
-use pai_mount_benches::peak_rss;
+use pai_mount_benches::{drop_caches, peak_rss, wait_mounted, Daemon};
 use pai_test_s3::{TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
 
 const MIB: u64 = 1 << 20;
@@ -28,83 +28,15 @@ struct Bench {
     scratch: tempfile::TempDir,
 }
 
-/// A mount by the real daemon; unmounted (and its peak RSS read) on `stop`.
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-impl Daemon {
-    fn stop(mut self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024;
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = Command::new("umount")
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status();
-        hwm
-    }
-}
-
-fn drop_caches() -> bool {
-    let _ = Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn wait_mounted(dir: &Path) {
-    let dir = std::fs::canonicalize(dir).unwrap();
-    for _ in 0..500 {
-        if pai_mount_fs::mountpoint::is_mount_point(&dir) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{} did not mount", dir.display());
-}
-
 impl Bench {
     fn mount(&self, prefix: &str, extra: &[&str]) -> Daemon {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let child = Command::new(&self.bin)
-            .args([
-                "mount",
-                &format!("s3://bench/{prefix}"),
-                dir.to_str().unwrap(),
-            ])
-            .args([
-                "--endpoint",
-                &self.server.endpoint(),
-                "--path-style",
-                "--foreground",
-            ])
-            .args(extra)
-            .env("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-            .env(
-                "PAI_MOUNT_LOG",
-                std::env::var("PAI_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .spawn()
-            .unwrap();
-        wait_mounted(&dir);
-        Daemon {
-            child,
-            dir,
-            _tmp: Some(tmp),
-        }
+        Daemon::start(
+            &self.bin,
+            &self.server.endpoint(),
+            &format!("s3://bench/{prefix}"),
+            &["--read-only"],
+            extra,
+        )
     }
 
     fn rclone(&self, prefix: &str) -> Option<Daemon> {
@@ -148,11 +80,7 @@ impl Bench {
             .spawn()
             .ok()?;
         wait_mounted(&dir);
-        Some(Daemon {
-            child,
-            dir,
-            _tmp: Some(tmp),
-        })
+        Some(Daemon::from_child(child, dir, tmp))
     }
 
     /// Raw ranged GETs of `keys` in `part`-sized pieces with `concurrency` in flight: MB/s.

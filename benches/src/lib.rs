@@ -1,5 +1,9 @@
 //! Shared helpers for the benchmarks in `benches/`.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
 /// Peak resident set size of this process, in bytes (VmHWM).
 pub fn peak_rss() -> u64 {
     status_field("VmHWM:")
@@ -66,4 +70,88 @@ pub fn store_options(server: &pai_test_s3::TestServer) -> pai_mount_fs::object::
         },
         ..Default::default()
     }
+}
+
+/// A mount by the real daemon; unmounted (and its peak RSS read) on `stop`.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Starts `bin mount <url> <tmpdir> --foreground` against `endpoint` and waits for the mount.
+    pub fn start(bin: &Path, endpoint: &str, url: &str, base: &[&str], extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let child = Command::new(bin)
+            .args(["mount", url, dir.to_str().unwrap()])
+            .args(["--endpoint", endpoint, "--path-style", "--foreground"])
+            .args(base)
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", pai_test_s3::DEFAULT_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", pai_test_s3::DEFAULT_SECRET_KEY)
+            .env(
+                "PAI_MOUNT_LOG",
+                std::env::var("PAI_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .unwrap();
+        wait_mounted(&dir);
+        Self::from_child(child, dir, tmp)
+    }
+
+    pub fn from_child(child: Child, dir: PathBuf, tmp: tempfile::TempDir) -> Self {
+        Self {
+            child,
+            dir,
+            _tmp: Some(tmp),
+        }
+    }
+
+    /// Peak RSS so far.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    /// Stops the daemon (SIGTERM: it unmounts, and finishes pending uploads unless told
+    /// otherwise) and returns its peak RSS.
+    pub fn stop(mut self) -> u64 {
+        let hwm = self.peak_rss();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
+        hwm
+    }
+}
+
+/// Drops the page cache (needs root); `false` if it could not.
+pub fn drop_caches() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Waits until `dir` is a mount point.
+pub fn wait_mounted(dir: &Path) {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    for _ in 0..500 {
+        if pai_mount_fs::mountpoint::is_mount_point(&dir) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not mount", dir.display());
 }

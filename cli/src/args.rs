@@ -136,6 +136,10 @@ pub struct WriteArgs {
     /// Renaming a directory with more entries than this fails with EXDEV (mv then copies)
     #[arg(long, default_value_t = 10_000)]
     pub rename_dir_limit: usize,
+    /// Upload the completed parts of a sequentially written file while it is still being
+    /// written (costs CPU during the write; see docs/benchmarks.md)
+    #[arg(long)]
+    pub early_upload: bool,
     /// Attempts of one upload (each after the HTTP layer's own retries) before it is marked
     /// failed and kept for the next mount
     #[arg(long, default_value_t = 5)]

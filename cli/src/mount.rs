@@ -392,6 +392,7 @@ fn start(a: &MountArgs) -> anyhow::Result<Started> {
             rename_dir_limit: a.write.rename_dir_limit,
             max_attempts: a.write.upload_attempts.max(1),
             retry_delay: a.write.upload_retry_delay,
+            early_upload: a.write.early_upload,
             ..WriteConfig::new(dir.clone())
         };
         let _guard = rt.enter();

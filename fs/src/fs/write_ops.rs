@@ -176,17 +176,21 @@ impl Fs {
                     st.version += 1;
                     st.mtime_ms = now_ms();
                     st.size = st.size.max(end);
+                    wb.before_write(&mut st, offset, end);
                     break s;
                 }
             }
             wb.stage(node, false).await?;
         };
         if let Err(e) = staged.write_at(data, offset) {
+            let mut st = node.state();
             if let Ok(len) = staged.len() {
-                node.state().size = len;
+                st.size = len;
             }
+            wb.reset_stream(&mut st, false);
             return Err(FsError::Io(e));
         }
+        wb.after_write(node);
         Metrics::add(&self.metrics.write_bytes, data.len() as u64);
         Ok(data.len() as u32)
     }
@@ -229,6 +233,7 @@ impl Fs {
                     st.version += 1;
                     st.size = size;
                     st.mtime_ms = now_ms();
+                    wb.reset_stream(&mut st, size == 0);
                     break s;
                 }
             }
@@ -449,6 +454,9 @@ impl Fs {
                     st.key = dpath.to_string();
                     st.remote = None;
                     st.version += 1;
+                    let seq = st.seq_end;
+                    wb.reset_stream(&mut st, false);
+                    st.seq_end = seq;
                 }
                 wb.flush_locked(&node)?;
                 // Whatever the bucket has under the old key goes: an earlier upload of this

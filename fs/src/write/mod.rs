@@ -60,6 +60,8 @@ pub struct WriteConfig {
     pub retry_delay: Duration,
     /// Renaming a directory copies each object; above this many it is refused with `EXDEV`.
     pub rename_dir_limit: usize,
+    /// Send the completed parts of a sequentially written file before it is closed.
+    pub early_upload: bool,
 }
 
 impl WriteConfig {
@@ -73,6 +75,7 @@ impl WriteConfig {
             max_attempts: 5,
             retry_delay: Duration::from_secs(1),
             rename_dir_limit: 10_000,
+            early_upload: false,
         }
     }
 }
@@ -184,6 +187,57 @@ pub struct FileState {
     pub unlinked: bool,
     /// Open handles that may write.
     pub writers: u32,
+    /// `Some(end)` while the staging file was written only sequentially from empty, up to
+    /// `end`: its completed parts may then be uploaded before `close()`.
+    pub seq_end: Option<u64>,
+    /// Parts of this file already on their way, while it is still being written.
+    pub stream: Option<Stream>,
+}
+
+/// A multipart upload started while a file is written sequentially. Parts are scheduled as
+/// the writer passes part boundaries; the bytes of a scheduled part never change afterwards
+/// (a write below `scheduled_end` kills the stream), so the upload at `close()` continues it.
+pub struct Stream {
+    key: String,
+    staged_id: u64,
+    part: u64,
+    scheduled_end: u64,
+    tx: mpsc::Sender<std::ops::Range<u64>>,
+    task: tokio::task::JoinHandle<Result<StreamParts, WriteBackError>>,
+}
+
+type StreamParts = (
+    Option<crate::object::MultipartWriter>,
+    Vec<tokio::task::JoinHandle<Result<(), WriteError>>>,
+);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("key", &self.key)
+            .field("scheduled_end", &self.scheduled_end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream {
+    /// Stops scheduling; the parts sent so far are collected.
+    async fn finish(self) -> Result<StreamParts, WriteBackError> {
+        drop(self.tx);
+        self.task.await.expect("stream task panicked")
+    }
+
+    /// Abandons the stream in the background: nothing it sent becomes visible.
+    fn kill(self) {
+        tokio::spawn(async move {
+            if let Ok((Some(mp), parts)) = self.finish().await {
+                for p in parts {
+                    let _ = p.await;
+                }
+                mp.abort().await;
+            }
+        });
+    }
 }
 
 impl FileState {
@@ -220,6 +274,8 @@ impl FileNode {
                 queued: false,
                 unlinked: false,
                 writers: 0,
+                seq_end: None,
+                stream: None,
             }),
             commit: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
@@ -500,9 +556,103 @@ impl WriteBack {
         st.staged = Some(staged.clone());
         if empty {
             st.version += 1;
+            st.seq_end = Some(0);
         }
         st.size = size;
         Ok(staged)
+    }
+
+    /// Called under the node's state lock before a write of `offset..end` touches the staging
+    /// file: a write into bytes already scheduled for upload kills the stream.
+    pub fn before_write(&self, st: &mut FileState, offset: u64, end: u64) {
+        if st.stream.as_ref().is_some_and(|s| offset < s.scheduled_end) {
+            if let Some(s) = st.stream.take() {
+                s.kill();
+            }
+        }
+        st.seq_end = match st.seq_end {
+            Some(e) if e == offset => Some(end),
+            _ => None,
+        };
+    }
+
+    /// Called under the state lock when the content changes other than by a write (truncate,
+    /// rename, unlink): the stream is abandoned.
+    pub fn reset_stream(&self, st: &mut FileState, empty: bool) {
+        if let Some(s) = st.stream.take() {
+            s.kill();
+        }
+        st.seq_end = empty.then_some(0);
+    }
+
+    /// After a write: schedules the upload of every part a sequential writer has completed.
+    pub fn after_write(&self, node: &FileNode) {
+        if !self.config.early_upload {
+            return;
+        }
+        let part = self.config.part_size.max(1);
+        let mut st = node.state();
+        if st.seq_end != Some(st.size) || st.unlinked {
+            return;
+        }
+        let Some(staged) = st.staged.clone() else {
+            return;
+        };
+        let mut next = st.stream.as_ref().map_or(0, |s| s.scheduled_end);
+        while st.size >= next + part {
+            if next / part >= MAX_PARTS - 1 {
+                return; // the rest goes at close, in the same upload
+            }
+            if st.stream.is_none() {
+                st.stream =
+                    Some(self.start_stream(st.key.clone(), st.mtime_ms, staged.clone(), part));
+            }
+            let s = st.stream.as_mut().expect("just made");
+            if s.tx.try_send(next..next + part).is_err() {
+                if let Some(s) = st.stream.take() {
+                    s.kill();
+                }
+                return;
+            }
+            next += part;
+            s.scheduled_end = next;
+        }
+    }
+
+    fn start_stream(&self, key: String, mtime_ms: i64, staged: Arc<Staged>, part: u64) -> Stream {
+        let (tx, mut rx) = mpsc::channel::<std::ops::Range<u64>>(MAX_PARTS as usize);
+        let (source, parts_sem, k) = (self.source.clone(), self.parts.clone(), key.clone());
+        let staged_id = staged.id;
+        let task = tokio::spawn(async move {
+            let mut mp = None;
+            let mut sent = Vec::new();
+            while let Some(range) = rx.recv().await {
+                let permit = parts_sem
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                if mp.is_none() {
+                    mp = Some(source.start_multipart(&k, Some(mtime_ms)).await?);
+                }
+                let bytes = read_part(&staged, range).await?;
+                let send = mp.as_mut().expect("started").put_part(bytes);
+                sent.push(tokio::spawn(async move {
+                    let r = send.await;
+                    drop(permit);
+                    r
+                }));
+            }
+            Ok((mp, sent))
+        });
+        Stream {
+            key,
+            staged_id,
+            part,
+            scheduled_end: 0,
+            tx,
+            task,
+        }
     }
 
     /// Copies an object into a staging file with parallel ranged GETs pinned to its ETag.
@@ -649,6 +799,7 @@ impl WriteBack {
             let mut st = node.state();
             st.unlinked = true;
             st.version += 1;
+            self.reset_stream(&mut st, false);
             st.staged.take()
         };
         node.changed.notify_waiters();
@@ -757,6 +908,66 @@ impl WriteBack {
         size: u64,
         mtime_ms: i64,
     ) -> Result<bool, WriteBackError> {
+        // Parts sent while the file was written, if they belong to this version's bytes.
+        let stream = {
+            let mut st = node.state();
+            match &st.stream {
+                Some(s) if s.key == key && s.staged_id == staged.id && s.scheduled_end <= size => {
+                    st.stream.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(s) = stream {
+            let (part, start) = (s.part, s.scheduled_end);
+            match s.finish().await {
+                Ok((Some(mut mp), sent)) => {
+                    let mut failed = None;
+                    for t in sent {
+                        if let Err(e) = t.await.expect("part upload panicked") {
+                            failed = Some(e);
+                        }
+                    }
+                    match failed {
+                        None => {
+                            let r = self
+                                .send_parts(node, version, staged, &mut mp, start..size, part)
+                                .await;
+                            return match r {
+                                Ok(()) => {
+                                    self.commit(
+                                        node,
+                                        key,
+                                        staged,
+                                        version,
+                                        size,
+                                        mtime_ms,
+                                        Prepared::Multipart(mp),
+                                    )
+                                    .await
+                                }
+                                Err(e) => {
+                                    mp.abort().await;
+                                    Err(e)
+                                }
+                            };
+                        }
+                        Some(e) => {
+                            tracing::debug!(
+                                key,
+                                "a part sent early failed; sending the file again: {e}"
+                            );
+                            mp.abort().await;
+                        }
+                    }
+                }
+                Ok((None, _)) => {}
+                Err(e) => tracing::debug!(
+                    key,
+                    "sending parts early failed; sending the file again: {e}"
+                ),
+            }
+        }
         let part = self.config.part_size.max(size.div_ceil(MAX_PARTS)).max(1);
         let prepared = if size <= part {
             let permit = self
@@ -769,45 +980,79 @@ impl WriteBack {
             Prepared::Single(bytes, permit)
         } else {
             let mut mp = self.source.start_multipart(key, Some(mtime_ms)).await?;
-            let mut tasks = Vec::new();
-            let mut failed: Option<WriteBackError> = None;
-            for start in (0..size).step_by(part as usize) {
-                if node.state().version != version {
-                    break;
-                }
-                let permit = self
-                    .parts
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("never closed");
-                let bytes = match read_part(staged, start..size.min(start + part)).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        failed = Some(e.into());
-                        break;
-                    }
-                };
-                let send = mp.put_part(bytes);
-                tasks.push(tokio::spawn(async move {
-                    let r = send.await;
-                    drop(permit);
-                    r
-                }));
-            }
-            for t in tasks {
-                match t.await.expect("part upload panicked") {
-                    Ok(()) => {}
-                    Err(e) if failed.is_none() => failed = Some(e.into()),
-                    Err(_) => {}
-                }
-            }
-            if let Some(e) = failed {
+            if let Err(e) = self
+                .send_parts(node, version, staged, &mut mp, 0..size, part)
+                .await
+            {
                 mp.abort().await;
                 return Err(e);
             }
             Prepared::Multipart(mp)
         };
+        self.commit(node, key, staged, version, size, mtime_ms, prepared)
+            .await
+    }
+
+    /// Sends `range` of the staging file as parts of `part` bytes, in parallel under the
+    /// mount's part limit. Stops early (successfully) when the file changes meanwhile: the
+    /// commit then finds the version changed.
+    async fn send_parts(
+        &self,
+        node: &FileNode,
+        version: u64,
+        staged: &Arc<Staged>,
+        mp: &mut crate::object::MultipartWriter,
+        range: std::ops::Range<u64>,
+        part: u64,
+    ) -> Result<(), WriteBackError> {
+        let mut tasks = Vec::new();
+        let mut failed: Option<WriteBackError> = None;
+        for start in range.clone().step_by(part as usize) {
+            if node.state().version != version {
+                break;
+            }
+            let permit = self
+                .parts
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let bytes = match read_part(staged, start..range.end.min(start + part)).await {
+                Ok(b) => b,
+                Err(e) => {
+                    failed = Some(e.into());
+                    break;
+                }
+            };
+            let send = mp.put_part(bytes);
+            tasks.push(tokio::spawn(async move {
+                let r = send.await;
+                drop(permit);
+                r
+            }));
+        }
+        for t in tasks {
+            match t.await.expect("part upload panicked") {
+                Ok(()) => {}
+                Err(e) if failed.is_none() => failed = Some(e.into()),
+                Err(_) => {}
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Makes `prepared` visible if `version` is still the file's content under `key`.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        node: &Arc<FileNode>,
+        key: &str,
+        staged: &Arc<Staged>,
+        version: u64,
+        size: u64,
+        mtime_ms: i64,
+        prepared: Prepared,
+    ) -> Result<bool, WriteBackError> {
         let _g = node.commit.lock().await;
         let current = {
             let st = node.state();

@@ -26,6 +26,7 @@ fn config(dir: &Path) -> WriteConfig {
     let mut c = WriteConfig::new(dir.join("staging"));
     c.part_size = 64 << 10; // small parts, so multipart uploads are exercised
     c.retry_delay = Duration::from_millis(5);
+    c.early_upload = true; // exercised here; off by default (docs/benchmarks.md)
     c
 }
 
@@ -386,6 +387,66 @@ async fn unlink_rename_mkdir_rmdir() {
 
 use futures::StreamExt;
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_writers_send_parts_before_close_and_rewrites_fall_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(&[], tmp.path()).await;
+    let body = pattern(1_000_000, 4); // 15 full 64 KiB parts and a tail
+    let (_, fh) = rig.fs.create(ROOT_INO, b"stream.bin").await.unwrap();
+    for (i, c) in body.chunks(10_000).enumerate() {
+        rig.fs.write(fh, (i * 10_000) as u64, c).await.unwrap();
+    }
+    // Parts went out while the file was open.
+    for _ in 0..200 {
+        if rig
+            .fs
+            .metrics()
+            .put_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 10
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        rig.fs
+            .metrics()
+            .put_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 10
+    );
+    assert_eq!(
+        object(&rig.store, "stream.bin").await,
+        None,
+        "nothing visible before close"
+    );
+    rig.fs.fsync(fh).await.unwrap();
+    same(
+        &object(&rig.store, "stream.bin").await.unwrap(),
+        &body,
+        "streamed upload",
+    );
+    rig.close(fh).await;
+
+    // A rewrite of the start after parts were sent: the early parts are abandoned.
+    let (_, fh) = rig.fs.create(ROOT_INO, b"rewritten.bin").await.unwrap();
+    let mut want = body.clone();
+    for (i, c) in body.chunks(10_000).enumerate() {
+        rig.fs.write(fh, (i * 10_000) as u64, c).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rig.fs.write(fh, 5, b"HEADER").await.unwrap();
+    want[5..11].copy_from_slice(b"HEADER");
+    rig.close(fh).await;
+    rig.wb().drain(|_| {}).await;
+    same(
+        &object(&rig.store, "rewritten.bin").await.unwrap(),
+        &want,
+        "rewritten",
+    );
+}
+
 #[tokio::test]
 async fn a_new_mount_uploads_what_a_dead_one_left_in_the_journal() {
     let tmp = tempfile::tempdir().unwrap();
@@ -451,6 +512,8 @@ async fn a_second_daemon_cannot_take_the_staging_directory() {
 enum Op {
     Create(usize),
     Write(usize, u32, u16, u8),
+    /// A write at the current end (sequential writers send parts before close).
+    Append(usize, u16, u8),
     Truncate(usize, u32),
     Close(usize),
     Unlink(usize),
@@ -466,6 +529,8 @@ fn op() -> impl Strategy<Value = Op> {
         n.clone().prop_map(Op::Create),
         (n.clone(), 0..200_000u32, 1..40_000u16, any::<u8>())
             .prop_map(|(f, o, l, b)| Op::Write(f, o, l, b)),
+        (n.clone(), 1..40_000u16, any::<u8>()).prop_map(|(f, l, b)| Op::Append(f, l, b)),
+        (n.clone(), 1..40_000u16, any::<u8>()).prop_map(|(f, l, b)| Op::Append(f, l, b)),
         (n.clone(), 0..200_000u32).prop_map(|(f, s)| Op::Truncate(f, s)),
         n.clone().prop_map(Op::Close),
         n.clone().prop_map(Op::Unlink),
@@ -500,6 +565,23 @@ async fn run_model(ops: Vec<Op>) {
                     Err(FsError::Exists) => assert!(model.contains_key(name)),
                     Err(e) => panic!("create {name}: {e}"),
                 }
+            }
+            Op::Append(f, len, byte) => {
+                let name = NAMES[f];
+                let Some(content) = model.get_mut(name) else {
+                    continue;
+                };
+                let fh = match open.get(name) {
+                    Some(fh) => *fh,
+                    None => {
+                        let fh = rig.fs.open(rig.ino(name).unwrap(), true).unwrap();
+                        open.insert(name, fh);
+                        fh
+                    }
+                };
+                let data = vec![byte; len as usize];
+                rig.fs.write(fh, content.len() as u64, &data).await.unwrap();
+                content.extend_from_slice(&data);
             }
             Op::Write(f, off, len, byte) => {
                 let name = NAMES[f];
