@@ -180,7 +180,7 @@ fn namespace_operations_reach_the_bucket() {
     for k in ["a/1.txt", "a/sub/2.txt", "b.txt", "keep/x"] {
         s.backend().put("bkt", k, k.as_bytes().to_vec());
     }
-    let m = mount(&s, "s3://bkt", &[]);
+    let m = mount(&s, "s3://bkt", &["--manifest-interval", "1s"]);
     let p = m.path();
     std::fs::rename(p.join("b.txt"), p.join("keep/b2.txt")).unwrap();
     std::fs::rename(p.join("a"), p.join("moved")).unwrap();
@@ -219,6 +219,8 @@ fn namespace_operations_reach_the_bucket() {
         .collect();
     names.sort();
     assert_eq!(names, ["keep", "moved"]);
+    // The manifest is saved while the mount is up, not only at unmount.
+    wait_until(|| object(&s, ".pai-mount/manifest.v1").is_some());
     let out = unmount(&m, &[]);
     assert!(out.status.success());
     let mut keys = s.backend().keys("bkt");

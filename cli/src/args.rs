@@ -136,6 +136,10 @@ pub struct WriteArgs {
     /// Renaming a directory with more entries than this fails with EXDEV (mv then copies)
     #[arg(long, default_value_t = 10_000)]
     pub rename_dir_limit: usize,
+    /// Also store the manifest at this interval while the namespace changes (it is always
+    /// stored at unmount); 0 turns the periodic save off
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub manifest_interval: Duration,
     /// Upload the completed parts of a sequentially written file while it is still being
     /// written (costs CPU during the write; see docs/benchmarks.md)
     #[arg(long)]

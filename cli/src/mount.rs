@@ -215,6 +215,28 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     if let Some(task) = refresh {
         rt.spawn(task);
     }
+    let saver = (fs.write_back().is_some() && !a.write.manifest_interval.is_zero()).then(|| {
+        let (fs, every) = (fs.clone(), a.write.manifest_interval);
+        rt.spawn(async move {
+            let mut saved = 0;
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let changes = fs.metrics().namespace_changes.load(Ordering::Relaxed);
+                if changes == saved {
+                    continue;
+                }
+                match fs.save_manifest().await {
+                    Ok(len) => {
+                        saved = changes;
+                        tracing::info!(bytes = len, "saved the manifest");
+                    }
+                    Err(e) => tracing::warn!("saving the manifest failed, retrying later: {e}"),
+                }
+            }
+        })
+    });
     let report = {
         let (fs, a_source, mp, cache_dir) = (
             fs.clone(),
@@ -255,6 +277,9 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %a.mountpoint.display(), "mount is live");
     let run = fuse::run(session);
     ticker.abort();
+    if let Some(s) = saver {
+        s.abort();
+    }
     let outcome = fs.write_back().map(|wb| {
         finish_uploads(&rt, &fs, wb, lazy.load(Ordering::Acquire), &|s| {
             status::write(&status_file, &report("draining", Some(s.to_string())))

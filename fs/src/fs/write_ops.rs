@@ -276,6 +276,7 @@ impl Fs {
         if let Some(t) = a.mtime {
             wb.mark_dirty()?;
             node.state().mtime_ms = ms_of(t);
+            Metrics::add(&self.metrics.namespace_changes, 1);
         }
         Ok(self.target_attr(&Target::File(node)))
     }
@@ -307,6 +308,7 @@ impl Fs {
             .write()
             .unwrap()
             .put(path, Entry::Dir { ino, mtime_ms });
+        Metrics::add(&self.metrics.namespace_changes, 1);
         Ok(self.target_attr(&t))
     }
 
@@ -330,6 +332,7 @@ impl Fs {
         }
         let whiteout = self.has_base(&path);
         self.overlay.write().unwrap().remove(&path, whiteout, false);
+        Metrics::add(&self.metrics.namespace_changes, 1);
         Ok(())
     }
 
@@ -349,6 +352,7 @@ impl Fs {
         wb.source().marker(&path, false).await?;
         let whiteout = self.has_base(&path);
         self.overlay.write().unwrap().remove(&path, whiteout, true);
+        Metrics::add(&self.metrics.namespace_changes, 1);
         Ok(())
     }
 
@@ -398,6 +402,7 @@ impl Fs {
             return Err(FsError::Invalid("a directory cannot move into itself"));
         }
         wb.mark_dirty()?;
+        Metrics::add(&self.metrics.namespace_changes, 1);
         if src_dir {
             self.rename_dir(&wb, src, &spath, dst, &dpath).await
         } else {

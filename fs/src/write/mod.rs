@@ -1070,6 +1070,7 @@ impl WriteBack {
             }
             Prepared::Multipart(mp) => mp.complete().await?,
         };
+        Metrics::add(&self.metrics.namespace_changes, 1);
         self.journaled.lock().unwrap().remove(&staged.id);
         self.journal.remove(staged.id)?;
         let dropped = {
