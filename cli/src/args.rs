@@ -32,6 +32,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Fill the disk cache ahead of training: a source URL (with --cache-dir), or a path in a mount
     Warm(WarmArgs),
+    /// Copy a prefix to a local directory in parallel, from the manifest; reruns finish the rest
+    Cp(CpArgs),
 }
 
 /// Where the data is and how to reach it.
@@ -191,6 +193,23 @@ pub struct WarmArgs {
     /// Objects (or files) read in parallel
     #[arg(long, short = 'j', default_value_t = 16)]
     pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Local directory; keys relative to the source prefix become paths under it
+    pub dest: PathBuf,
+    /// Requests in flight (objects, and parts of large objects)
+    #[arg(long, short = 'j', default_value_t = 32)]
+    pub jobs: usize,
+    /// Objects larger than this are fetched as parallel ranges of this size
+    #[arg(long, value_parser = parse_size, default_value = "8M")]
+    pub part_size: u64,
+    /// Skip the MD5 check of single-part objects (ETag and size pinning still apply)
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,11 @@
 //! `pai-mount`: mount buckets, manage manifests, run the demo.
 
 mod args;
+mod cp;
 mod demo;
 mod manifest_cmd;
 mod mount;
+mod progress;
 mod status;
 mod store;
 mod warm;
@@ -19,6 +21,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Manifest(m) => manifest_cmd::run(m),
         args::Command::Demo(d) => demo::run(d),
         args::Command::Warm(w) => warm::run(w),
+        args::Command::Cp(c) => cp::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
