@@ -210,6 +210,9 @@ pub struct CpArgs {
     /// Skip the MD5 check of single-part objects (ETag and size pinning still apply)
     #[arg(long)]
     pub no_verify: bool,
+    /// Flush everything to disk (one syncfs) before reporting success
+    #[arg(long)]
+    pub fsync: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,9 +5,10 @@
 //! - Every GET is a ranged GET pinned to the object's ETag (and size), so a file is one version
 //!   of its object or an error. Objects larger than `--part-size` go as parallel ranges. A
 //!   whole-object MD5 ETag is also checked against the bytes for objects of one part.
-//! - A file is written as `<name>.part`, fsynced, given the object's mtime and its ETag in the
+//! - A file is written as `<name>.part`, given the object's mtime and its ETag in the
 //!   `user.pai-mount.etag` extended attribute, then renamed: a name without `.part` is always
-//!   complete. A rerun skips files whose size and ETag match (size and mtime where the
+//!   complete. With `--fsync`, one `syncfs` at the end makes everything durable before success is
+//!   reported. A rerun skips files whose size and ETag match (size and mtime where the
 //!   filesystem has no user xattrs) and finishes the rest.
 //! - Memory: the namespace (about 72 bytes per object) plus at most `--jobs` requests of
 //!   `--part-size` bytes in flight.
@@ -131,6 +132,26 @@ async fn copy_all(a: &CpArgs, dest: &Path) -> anyhow::Result<()> {
             }
         })
         .await;
+    // With --fsync, one syncfs instead of an fsync per file: when cp reports success, every
+    // copied byte is on disk. Without it (like cp, rclone and ossutil), a kill of cp loses
+    // nothing (the page cache stays), and after a power loss a rerun recopies any file whose
+    // size does not match.
+    let synced = if a.fsync {
+        tokio::task::spawn_blocking({
+            let dest = dest.to_path_buf();
+            move || syncfs(&dest)
+        })
+        .await
+        .expect("syncfs panicked")
+    } else {
+        Ok(())
+    };
+    if let Err(e) = synced {
+        errors
+            .lock()
+            .unwrap()
+            .push(format!("{}: flushing to disk failed: {e}", dest.display()));
+    }
     let (done, failed, secs) = progress.finish();
     let skipped = skipped.load(Ordering::Relaxed);
     let copied = done - failed - skipped;
@@ -173,16 +194,39 @@ async fn copy_one(
             .truncate(true)
             .open(&tmp)?,
     );
-    let result = fetch_into(source, o, &file, part, requests, verify).await;
+    let ranges: Vec<_> = (0..o.size.div_ceil(part))
+        .map(|i| i * part..o.size.min((i + 1) * part))
+        .collect();
+    // The MD5 of a single-part ETag can be checked while the one range streams in.
+    let md5 = match Etag::parse(o.etag.as_deref()) {
+        Etag::Md5(m) if verify && ranges.len() <= 1 => Some(m),
+        _ => None,
+    };
+    let mut results = futures::stream::iter(ranges)
+        .map(|r| {
+            let (requests, file) = (requests.clone(), file.clone());
+            async move {
+                let _permit = requests.acquire_owned().await.expect("never closed");
+                fetch_range(source, o, file, r, md5).await
+            }
+        })
+        .buffer_unordered(16);
+    let mut result = Ok(());
+    while let Some(r) = results.next().await {
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+    }
+    drop(results);
     if let Err(e) = result {
         drop(file);
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    let (path, tmp, size, etag) = (path.to_path_buf(), tmp.clone(), o.size, etag);
+    let (path, size, etag) = (path.to_path_buf(), o.size, etag);
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         file.set_len(size)?;
-        file.sync_data()?;
         if let Some(e) = &etag {
             set_etag(&tmp, e);
         }
@@ -195,48 +239,61 @@ async fn copy_one(
     Ok(true)
 }
 
-async fn fetch_into(
+/// Streams one range into the file at its offset: the body goes chunk by chunk through a
+/// small bounded channel to a blocking writer, so a request holds about 1 MiB of memory
+/// however large its range. With `md5`, the chunks are hashed as they are written.
+async fn fetch_range(
     source: &ObjectSource,
     o: &PinnedObject,
-    file: &Arc<std::fs::File>,
-    part: u64,
-    requests: &Arc<Semaphore>,
-    verify: bool,
+    file: Arc<std::fs::File>,
+    r: std::ops::Range<u64>,
+    md5: Option<[u8; 16]>,
 ) -> Result<(), CopyError> {
-    let ranges: Vec<_> = (0..o.size.div_ceil(part))
-        .map(|i| i * part..o.size.min((i + 1) * part))
-        .collect();
-    let md5 = match Etag::parse(o.etag.as_deref()) {
-        Etag::Md5(m) if verify && ranges.len() == 1 => Some(m),
-        _ => None,
-    };
-    let mut results = futures::stream::iter(ranges)
-        .map(|r| {
-            let (requests, file) = (requests.clone(), file.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(16);
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
+        use md5::Digest;
+        let mut hasher = md5.map(|_| md5::Md5::new());
+        while let Some((off, chunk)) = rx.blocking_recv() {
+            if let Some(h) = hasher.as_mut() {
+                h.update(&chunk);
+            }
+            file.write_all_at(&chunk, off)?;
+        }
+        if let (Some(want), Some(h)) = (md5, hasher) {
+            let got: [u8; 16] = h.finalize().into();
+            if got != want {
+                return Err(CopyError::Other(anyhow::anyhow!(
+                    "content does not match its MD5 ETag"
+                )));
+            }
+        }
+        Ok(())
+    });
+    let fetched = source
+        .get_range_chunks(&o.key, r, o.etag.as_deref(), o.size, |off, chunk| {
+            let tx = tx.clone();
             async move {
-                let _permit = requests.acquire_owned().await.expect("never closed");
-                let bytes = source
-                    .get_range(&o.key, r.clone(), o.etag.as_deref(), o.size)
+                tx.send((off, chunk))
                     .await
-                    .map_err(|e| CopyError::Other(e.into()))?;
-                if let Some(want) = md5 {
-                    use md5::Digest;
-                    let got: [u8; 16] = md5::Md5::digest(&bytes).into();
-                    if got != want {
-                        return Err(CopyError::Other(anyhow::anyhow!(
-                            "content does not match its MD5 ETag"
-                        )));
-                    }
-                }
-                tokio::task::spawn_blocking(move || file.write_all_at(&bytes, r.start))
-                    .await
-                    .expect("write panicked")?;
-                Ok::<_, CopyError>(())
+                    .map_err(|_| pai_mount_fs::object::ReadError::Store {
+                        key: o.key.to_string(),
+                        source: "the local write stopped".into(),
+                    })
             }
         })
-        .buffer_unordered(16);
-    while let Some(r) = results.next().await {
-        r?;
+        .await;
+    drop(tx);
+    // A local failure (a full disk) explains a stopped transfer: report it first.
+    writer.await.expect("writer panicked")?;
+    fetched.map_err(|e| CopyError::Other(e.into()))
+}
+
+fn syncfs(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: syncfs on a descriptor we own; no memory is involved.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -286,6 +286,99 @@ impl ObjectSource {
         }
     }
 
+    /// Like [`Self::get_range`], but hands the body to `sink` chunk by chunk (with each chunk's
+    /// offset) instead of collecting it, so a caller can write large ranges with little memory.
+    /// A body cut mid-transfer is resumed from where it stopped, up to `BODY_RETRIES` times.
+    /// The same pinning applies: `If-Match`, and the response's ETag and total size checked.
+    pub async fn get_range_chunks<F, Fut>(
+        &self,
+        rel: &str,
+        range: Range<u64>,
+        etag: Option<&str>,
+        size: u64,
+        mut sink: F,
+    ) -> Result<(), ReadError>
+    where
+        F: FnMut(u64, Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ReadError>>,
+    {
+        use futures::StreamExt;
+        let path = self.path(rel)?;
+        let mut pos = range.start;
+        let mut attempt = 0;
+        while pos < range.end {
+            attempt += 1;
+            let options = GetOptions {
+                if_match: etag.map(str::to_string),
+                range: Some(GetRange::Bounded(pos..range.end)),
+                ..Default::default()
+            };
+            Metrics::add(&self.metrics.get_requests, 1);
+            let started = Instant::now();
+            let result = match self.store.get_opts(&path, options).await {
+                Ok(r) => r,
+                Err(e) => {
+                    Metrics::add(&self.metrics.get_errors, 1);
+                    return Err(self.map_error(rel, etag, e));
+                }
+            };
+            Metrics::add(
+                &self.metrics.first_byte_micros,
+                started.elapsed().as_micros() as u64,
+            );
+            let changed = match (etag, result.meta.e_tag.as_deref()) {
+                (Some(pinned), Some(got)) => pinned != got,
+                _ => false,
+            };
+            if changed || result.meta.size != size {
+                return Err(ReadError::Changed {
+                    key: self.full_key(rel),
+                    pinned: etag.unwrap_or("(size only)").to_string(),
+                });
+            }
+            let mut body = result.into_stream();
+            let mut cut = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(c) => {
+                        let n = c.len() as u64;
+                        if pos + n > range.end {
+                            return Err(ReadError::Short {
+                                key: self.full_key(rel),
+                                wanted: range.end - range.start,
+                                got: pos + n - range.start,
+                            });
+                        }
+                        sink(pos, c).await?;
+                        pos += n;
+                        Metrics::add(&self.metrics.get_bytes, n);
+                    }
+                    Err(e) => {
+                        cut = Some(e);
+                        break;
+                    }
+                }
+            }
+            if pos >= range.end {
+                break;
+            }
+            Metrics::add(&self.metrics.get_errors, 1);
+            if attempt > BODY_RETRIES {
+                return Err(match cut {
+                    Some(e) => self.map_error(rel, etag, e),
+                    None => ReadError::Short {
+                        key: self.full_key(rel),
+                        wanted: range.end - range.start,
+                        got: pos - range.start,
+                    },
+                });
+            }
+            tracing::warn!(key = %self.full_key(rel), attempt, at = pos, "body of ranged GET stopped early, resuming");
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+        Ok(())
+    }
+
     fn map_error(&self, rel: &str, etag: Option<&str>, e: object_store::Error) -> ReadError {
         let key = self.full_key(rel);
         match e {
