@@ -1,0 +1,120 @@
+//! Loader throughput against raw parallel GETs of the same objects, in the same run.
+//!
+//! ```sh
+//! cargo bench -p pai-mount-benches --bench loader     # PAI_BENCH_LATENCY_MS=20, PAI_BENCH_SAMPLES=20000
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use pai_loader::{Dataset, DatasetOptions, Layout, LoadOptions, Loader, Order, Shuffle, State};
+use pai_mount_fs::metrics::Metrics;
+use pai_mount_fs::object::{credentials::ProcessEnv, ObjectSource, Source};
+
+fn main() {
+    let latency_ms: u64 = std::env::var("PAI_BENCH_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let n: usize = std::env::var("PAI_BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let (rt, server) = pai_mount_benches::start_server(Duration::from_millis(latency_ms));
+    let body: bytes::Bytes = (0..100 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    for i in 0..n {
+        server.backend().put(
+            "bench",
+            &format!("loader/shard{:03}/{i:06}.jpg", i % 200),
+            body.clone(),
+        );
+    }
+    let total = (n * body.len()) as f64;
+    println!(
+        "pai-loader benchmark; first-byte latency {latency_ms} ms; 2 cores; {n} samples of 100 KiB"
+    );
+
+    // Raw: the same objects, 64 GETs in flight, in a fixed order.
+    let source = rt.block_on(async {
+        ObjectSource::connect(
+            Source::parse("s3://bench/loader").unwrap(),
+            &pai_mount_benches::store_options(&server),
+            &ProcessEnv,
+            Arc::new(Metrics::default()),
+        )
+        .await
+        .unwrap()
+    });
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("shard{:03}/{i:06}.jpg", i % 200))
+        .collect();
+    let t = Instant::now();
+    let got: usize = rt.block_on(async {
+        futures::stream::iter(keys.iter())
+            .map(|k| {
+                let s = source.clone();
+                let size = body.len() as u64;
+                async move { s.get_range(k, 0..size, None, size).await.unwrap().len() }
+            })
+            .buffered(64)
+            .fold(0, |a, b| async move { a + b })
+            .await
+    });
+    let raw = t.elapsed().as_secs_f64();
+    assert_eq!(got as f64, total);
+    println!(
+        "raw GETs, 64 in flight: {:.0} samples/s, {:.0} MB/s",
+        n as f64 / raw,
+        total / raw / 1e6
+    );
+
+    let options = DatasetOptions {
+        store: pai_mount_benches::store_options(&server),
+        suffixes: vec![],
+    };
+    let rss0 = pai_mount_benches::rss();
+    let ds = Arc::new(Dataset::open("s3://bench/loader", options).unwrap());
+    for (name, shuffle) in [
+        ("global shuffle", Shuffle::Global),
+        ("block shuffle (block 100)", Shuffle::Block { block: 100 }),
+    ] {
+        let order = Order {
+            seed: 1,
+            shuffle,
+            ..Order::default()
+        };
+        let t = Instant::now();
+        let loader = Loader::new(
+            &ds,
+            Layout::single(),
+            order,
+            State {
+                seed: 1,
+                ..State::default()
+            },
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let mut bytes = 0usize;
+        for s in loader {
+            bytes += s.unwrap().data.len();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(bytes as f64, total);
+        println!(
+            "loader, {name}, 64 in flight: {:.0} samples/s, {:.0} MB/s, ratio to raw {:.2} (target >= 0.8)",
+            n as f64 / secs,
+            total / secs / 1e6,
+            raw / secs
+        );
+    }
+    println!(
+        "bench process peak RSS {:.0} MiB (the server holds one shared buffer; loader growth {:.0} MiB)",
+        pai_mount_benches::peak_rss() as f64 / (1 << 20) as f64,
+        (pai_mount_benches::rss().saturating_sub(rss0)) as f64 / (1 << 20) as f64
+    );
+}
