@@ -25,7 +25,9 @@ fn demo_runs_end_to_end_on_the_embedded_server() {
 fn help_lists_the_subcommands() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for sub in ["mount", "unmount", "manifest", "demo"] {
+    for sub in [
+        "mount", "unmount", "status", "manifest", "demo", "warm", "cp",
+    ] {
         assert!(text.contains(sub), "{text}");
     }
 }

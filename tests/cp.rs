@@ -211,3 +211,30 @@ fn bad_targets_and_missing_prefixes_are_clear_errors() {
         "no partial file is left"
     );
 }
+
+#[test]
+fn manifest_tar_index_indexes_the_shards_for_the_loader() {
+    let s = server();
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..3 {
+        for ext in ["jpg", "cls"] {
+            let data = format!("{i}.{ext}");
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, format!("{i:04}.{ext}"), data.as_bytes())
+                .unwrap();
+        }
+    }
+    s.backend()
+        .put("bkt", "wds/shard-0000.tar", b.into_inner().unwrap());
+    let out = ok(cmd(&s, &["manifest", "tar-index", "s3://bkt/wds"])
+        .output()
+        .unwrap());
+    assert!(out.contains("indexed 1 tar shards, 3 samples"), "{out}");
+    assert!(s
+        .backend()
+        .get("bkt", "wds/.pai-mount/tar-index.v1")
+        .is_some());
+}

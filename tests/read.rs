@@ -147,3 +147,52 @@ fn parallel_sequential_readers_get_exact_bytes_under_a_small_budget() {
         }
     });
 }
+
+#[test]
+fn the_loader_reads_through_a_mount_and_its_second_epoch_is_local() {
+    use pai_loader::{Dataset, DatasetOptions, Layout, LoadOptions, Loader, Order, Shuffle, State};
+    let s = server();
+    let files: Vec<Vec<u8>> = (0..30).map(|i| big(i as u8, 200_000)).collect();
+    for (i, f) in files.iter().enumerate() {
+        s.backend()
+            .put("bkt", &format!("imgs/{i:03}.jpg"), f.clone());
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("c");
+    let m = mount(
+        &s,
+        "s3://bkt",
+        &["--read-only", "--cache-dir", cache_dir.to_str().unwrap()],
+    );
+    let url = format!("file://{}/imgs", m.path().display());
+    let ds = std::sync::Arc::new(Dataset::open(&url, DatasetOptions::default()).unwrap());
+    assert_eq!(ds.len(), 30);
+    let order = Order {
+        seed: 5,
+        shuffle: Shuffle::Global,
+        ..Order::default()
+    };
+    let epoch = |e| {
+        let state = State {
+            seed: 5,
+            epoch: e,
+            consumed: 0,
+        };
+        for sample in
+            Loader::new(&ds, Layout::single(), order, state, LoadOptions::default()).unwrap()
+        {
+            let sample = sample.unwrap();
+            let i: usize = sample.key.trim_end_matches(".jpg").parse().unwrap();
+            assert_eq!(sha(&sample.data), sha(&files[i]), "{}", sample.key);
+        }
+    };
+    epoch(0);
+    let gets = s.backend().counters.get();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    epoch(1);
+    assert_eq!(
+        s.backend().counters.get(),
+        gets,
+        "the second epoch comes from the mount's caches"
+    );
+}

@@ -249,6 +249,15 @@ pub enum ManifestCommand {
         #[arg(long, default_value_t = 16)]
         list_concurrency: usize,
     },
+    /// Index the WebDataset tar shards (*.tar) under a prefix for the loader: reads every
+    /// shard once and stores the index next to the manifest (build the manifest first)
+    TarIndex {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Shards read at once (each is held in memory while it is indexed)
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
     /// Show a manifest: from the bucket, or a local file with --file
     Show {
         #[command(flatten)]

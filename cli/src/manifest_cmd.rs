@@ -15,6 +15,7 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<()> {
     crate::init_logging("warn");
     let rt = crate::runtime()?;
     match cmd {
+        ManifestCommand::TarIndex { store, concurrency } => tar_index(&store, concurrency),
         ManifestCommand::Build {
             store,
             output,
@@ -124,6 +125,24 @@ fn chrono_like(ms: i64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Builds the tar index with the loader's own runtime (not inside another runtime).
+fn tar_index(store: &crate::args::StoreArgs, concurrency: usize) -> anyhow::Result<()> {
+    let options = pai_loader::DatasetOptions {
+        store: crate::store::options(store),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let (shards, samples) =
+        pai_loader::Dataset::build_tar_index(&store.source, &options, concurrency)?;
+    println!(
+        "indexed {shards} tar shards, {samples} samples, in {:.1} s; stored at {}/{}",
+        started.elapsed().as_secs_f64(),
+        store.source.trim_end_matches('/'),
+        pai_loader::tar_index::INDEX_KEY
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! finds itself in a new process after `fork()`.
 
 pub mod sampler;
+pub mod tar_index;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,15 +52,43 @@ pub enum LoadError {
 pub struct DatasetOptions {
     pub store: StoreOptions,
     /// Keep only keys ending with one of these (for example `.jpg`); empty keeps everything.
+    /// With `tar_shards`, it selects the shards (default `.tar`).
     pub suffixes: Vec<String>,
+    /// The objects are WebDataset tar shards: samples come from the tar index stored next to
+    /// the manifest (`pai-mount manifest tar-index` builds it), one ranged GET each.
+    pub tar_shards: bool,
 }
 
-/// One sample: its dataset index, key (relative to the prefix) and bytes.
+/// One sample: its dataset index, key (relative to the prefix; for tar shards the basename)
+/// and bytes. For tar shards, `members` maps each member's extension to its bytes in `data`.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub index: u64,
     pub key: String,
     pub data: Bytes,
+    pub members: Vec<(String, std::ops::Range<usize>)>,
+}
+
+impl Sample {
+    /// The bytes of member `ext` (tar shards).
+    pub fn member(&self, ext: &str) -> Option<Bytes> {
+        self.members
+            .iter()
+            .find(|(e, _)| e == ext)
+            .map(|(_, r)| self.data.slice(r.clone()))
+    }
+}
+
+/// Where a sample's bytes are.
+#[derive(Debug)]
+struct SampleRef {
+    /// Index into the dataset's objects.
+    object: u32,
+    /// A byte span of the object (tar shards), or the whole object.
+    span: Option<(u64, u64)>,
+    /// Tar shards: the sample's basename and members (extension, offset, length).
+    name: Option<Box<str>>,
+    members: Box<[(Box<str>, u64, u64)]>,
 }
 
 /// The runtime and connection of one process.
@@ -73,9 +102,8 @@ struct Conn {
 pub struct Dataset {
     url: String,
     options: DatasetOptions,
-    ns: Namespace,
-    /// Namespace file ids of the samples, in manifest order.
-    ids: Vec<u32>,
+    objects: Arc<Vec<pai_mount_fs::reader::PinnedObject>>,
+    samples: Arc<Vec<SampleRef>>,
     conn: Mutex<Option<Conn>>,
     metrics: Arc<Metrics>,
 }
@@ -84,7 +112,7 @@ impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataset")
             .field("url", &self.url)
-            .field("len", &self.ids.len())
+            .field("len", &self.samples.len())
             .finish_non_exhaustive()
     }
 }
@@ -98,34 +126,172 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 impl Dataset {
-    /// Loads the manifest of `url` (lists the prefix only when there is none).
+    /// Loads the manifest of `url` (lists the prefix only when there is none), and with
+    /// `tar_shards` the tar index.
     pub fn open(url: &str, options: DatasetOptions) -> Result<Self, LoadError> {
         let metrics = Arc::new(Metrics::default());
         let conn = Self::connect(url, &options, &metrics)?;
-        let (ns, _) = conn
-            .rt
+        let ns = Self::namespace(&conn)?;
+        let suffixes = Self::suffixes(&options);
+        let objects: Vec<_> = ns
+            .files()
+            .filter(|&id| {
+                let name = ns.name_of(id);
+                suffixes.is_empty() || suffixes.iter().any(|s| name.ends_with(s.as_str()))
+            })
+            .map(|id| ns.pin(id).expect("a file"))
+            .collect();
+        let samples = if options.tar_shards {
+            Self::tar_samples(url, &conn, &objects)?
+        } else {
+            (0..objects.len())
+                .map(|i| SampleRef {
+                    object: i as u32,
+                    span: None,
+                    name: None,
+                    members: Box::new([]),
+                })
+                .collect()
+        };
+        Ok(Self {
+            url: url.to_string(),
+            options,
+            objects: Arc::new(objects),
+            samples: Arc::new(samples),
+            conn: Mutex::new(Some(conn)),
+            metrics,
+        })
+    }
+
+    fn suffixes(options: &DatasetOptions) -> Vec<String> {
+        if options.suffixes.is_empty() && options.tar_shards {
+            vec![".tar".into()]
+        } else {
+            options.suffixes.clone()
+        }
+    }
+
+    fn namespace(conn: &Conn) -> Result<Namespace, LoadError> {
+        conn.rt
             .block_on(manifest::load_or_list(
                 &conn.source,
                 &BuildOptions::default(),
             ))
-            .map_err(|e| LoadError::Source(e.to_string()))?;
-        let ids = ns
+            .map(|(ns, _)| ns)
+            .map_err(|e| LoadError::Source(e.to_string()))
+    }
+
+    /// The samples of the tar index, checked against the manifest's shards.
+    fn tar_samples(
+        url: &str,
+        conn: &Conn,
+        objects: &[pai_mount_fs::reader::PinnedObject],
+    ) -> Result<Vec<SampleRef>, LoadError> {
+        let bytes = conn
+            .rt
+            .block_on(conn.source.get_all(tar_index::INDEX_KEY))
+            .map_err(|e| LoadError::Source(e.to_string()))?
+            .ok_or_else(|| {
+                LoadError::Source(format!(
+                    "no tar index at {}/{}; build it with `pai-mount manifest tar-index {url}`",
+                    conn.source.source().display_root(),
+                    tar_index::INDEX_KEY
+                ))
+            })?;
+        let index = tar_index::TarIndex::decode(&bytes)
+            .map_err(|e| LoadError::Source(format!("the tar index is unusable: {e}")))?;
+        let by_key: std::collections::HashMap<&str, usize> = objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (&*o.key, i))
+            .collect();
+        let mut samples = Vec::new();
+        for shard in &index.shards {
+            let Some(&i) = by_key.get(shard.key.as_str()) else {
+                continue; // not selected
+            };
+            if objects[i].etag.as_deref() != shard.etag.as_deref() || objects[i].size != shard.size
+            {
+                return Err(LoadError::Source(format!(
+                    "the tar index is stale for shard {} (it changed since it was indexed); rebuild it with `pai-mount manifest tar-index {url}`",
+                    shard.key
+                )));
+            }
+            for t in &shard.samples {
+                samples.push(SampleRef {
+                    object: i as u32,
+                    span: Some((t.start, t.end)),
+                    name: Some(t.name.clone().into()),
+                    members: t
+                        .members
+                        .iter()
+                        .map(|(e, o, l)| (e.clone().into_boxed_str(), *o, *l))
+                        .collect(),
+                });
+            }
+        }
+        Ok(samples)
+    }
+
+    /// Reads every tar shard under `url` once (`concurrency` at a time), indexes its samples
+    /// and stores the index next to the manifest. Returns (shards, samples).
+    pub fn build_tar_index(
+        url: &str,
+        options: &DatasetOptions,
+        concurrency: usize,
+    ) -> Result<(usize, usize), LoadError> {
+        let metrics = Arc::new(Metrics::default());
+        let conn = Self::connect(url, options, &metrics)?;
+        let ns = Self::namespace(&conn)?;
+        let suffixes = Self::suffixes(&DatasetOptions {
+            tar_shards: true,
+            ..options.clone()
+        });
+        let shards: Vec<_> = ns
             .files()
             .filter(|&id| {
-                options.suffixes.is_empty() || {
-                    let name = ns.name_of(id);
-                    options.suffixes.iter().any(|s| name.ends_with(s.as_str()))
-                }
+                suffixes
+                    .iter()
+                    .any(|s| ns.name_of(id).ends_with(s.as_str()))
             })
+            .map(|id| ns.pin(id).expect("a file"))
             .collect();
-        Ok(Self {
-            url: url.to_string(),
-            options,
-            ns,
-            ids,
-            conn: Mutex::new(Some(conn)),
-            metrics,
-        })
+        let source = conn.source.clone();
+        let index = conn.rt.block_on(async {
+            let results: Vec<Result<tar_index::ShardIndex, LoadError>> =
+                futures::stream::iter(shards)
+                    .map(|o| {
+                        let source = source.clone();
+                        async move {
+                            let bytes = source
+                                .get_range(&o.key, 0..o.size, o.etag.as_deref(), o.size)
+                                .await
+                                .map_err(|e| LoadError::Source(e.to_string()))?;
+                            let (key, etag, size) = (
+                                o.key.to_string(),
+                                o.etag.as_deref().map(str::to_string),
+                                o.size,
+                            );
+                            tokio::task::spawn_blocking(move || {
+                                tar_index::index_shard(&key, etag, size, &bytes[..])
+                            })
+                            .await
+                            .expect("indexing panicked")
+                            .map_err(|e| LoadError::Source(e.to_string()))
+                        }
+                    })
+                    .buffered(concurrency.max(1))
+                    .collect()
+                    .await;
+            results.into_iter().collect::<Result<Vec<_>, _>>()
+        })?;
+        let samples = index.iter().map(|s| s.samples.len()).sum();
+        let shards = index.len();
+        let bytes = tar_index::TarIndex { shards: index }.encode();
+        conn.rt
+            .block_on(conn.source.put(tar_index::INDEX_KEY, bytes.into()))
+            .map_err(|e| LoadError::Source(e.to_string()))?;
+        Ok((shards, samples))
     }
 
     fn connect(
@@ -168,16 +334,20 @@ impl Dataset {
     }
 
     pub fn len(&self) -> u64 {
-        self.ids.len() as u64
+        self.samples.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.samples.is_empty()
     }
 
-    /// The key of sample `index` (relative to the prefix).
+    /// The key of sample `index` (relative to the prefix; a basename for tar shards).
     pub fn key(&self, index: u64) -> Option<String> {
-        self.ids.get(index as usize).map(|&id| self.ns.key_of(id))
+        let s = self.samples.get(index as usize)?;
+        Some(match &s.name {
+            Some(n) => n.to_string(),
+            None => self.objects[s.object as usize].key.to_string(),
+        })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -192,12 +362,8 @@ impl Dataset {
 
     fn fetcher(&self, attempts: u32) -> Result<Fetcher, LoadError> {
         Ok(Fetcher {
-            objects: Arc::new(
-                self.ids
-                    .iter()
-                    .map(|&id| self.ns.pin(id).expect("a file"))
-                    .collect(),
-            ),
+            objects: self.objects.clone(),
+            samples: self.samples.clone(),
             attempts,
         })
     }
@@ -207,37 +373,64 @@ impl Dataset {
 #[derive(Clone)]
 struct Fetcher {
     objects: Arc<Vec<pai_mount_fs::reader::PinnedObject>>,
+    samples: Arc<Vec<SampleRef>>,
     attempts: u32,
 }
 
 impl Fetcher {
+    /// Bytes sample `index` occupies.
+    fn size_of(&self, index: u64) -> u64 {
+        self.samples
+            .get(index as usize)
+            .map_or(0, |s| match s.span {
+                Some((a, b)) => b - a,
+                None => self.objects[s.object as usize].size,
+            })
+    }
+
     async fn fetch(&self, source: ObjectSource, index: u64) -> Result<Sample, LoadError> {
-        let o = self
-            .objects
+        let s = self
+            .samples
             .get(index as usize)
             .ok_or(LoadError::OutOfRange {
                 index,
-                len: self.objects.len() as u64,
+                len: self.samples.len() as u64,
             })?;
+        let o = &self.objects[s.object as usize];
+        let range = s.span.map_or(0..o.size, |(a, b)| a..b);
+        let key = match &s.name {
+            Some(n) => format!("{}#{n}", o.key),
+            None => o.key.to_string(),
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
             match source
-                .get_range(&o.key, 0..o.size, o.etag.as_deref(), o.size)
+                .get_range(&o.key, range.clone(), o.etag.as_deref(), o.size)
                 .await
             {
                 Ok(data) => {
                     return Ok(Sample {
                         index,
-                        key: o.key.to_string(),
+                        key: s
+                            .name
+                            .as_deref()
+                            .map_or_else(|| o.key.to_string(), str::to_string),
                         data,
+                        members: s
+                            .members
+                            .iter()
+                            .map(|(e, off, len)| {
+                                (e.to_string(), *off as usize..(*off + *len) as usize)
+                            })
+                            .collect(),
                     })
                 }
                 // A changed or deleted object will not come back by retrying.
                 Err(e @ (ReadError::Changed { .. } | ReadError::Gone { .. })) => {
                     return Err(LoadError::Object {
                         index,
-                        key: o.key.to_string(),
+                        key,
                         attempts: attempt,
                         source: e,
                     })
@@ -245,13 +438,13 @@ impl Fetcher {
                 Err(e) if attempt >= self.attempts => {
                     return Err(LoadError::Object {
                         index,
-                        key: o.key.to_string(),
+                        key,
                         attempts: attempt,
                         source: e,
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(key = %o.key, attempt, "sample read failed, retrying: {e}");
+                    tracing::warn!(key = %key, attempt, "sample read failed, retrying: {e}");
                     tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
                 }
             }
@@ -341,7 +534,7 @@ impl Loader {
                             (fetch.clone(), source.clone(), budget.clone());
                         async move {
                             let index = sampler.index(epoch, j);
-                            let size = fetch.objects.get(index as usize).map_or(0, |o| o.size);
+                            let size = fetch.size_of(index);
                             let kib = (size / 1024).clamp(1, u64::from(budget_kib)) as u32;
                             let permit = budget.acquire_many_owned(kib).await.ok();
                             (j, fetch.fetch(source, index).await, permit)

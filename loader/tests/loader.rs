@@ -40,6 +40,7 @@ fn setup(n: usize) -> (BackgroundServer, DatasetOptions) {
             ..Default::default()
         },
         suffixes: vec![".jpg".into()],
+        tar_shards: false,
     };
     (s, options)
 }
@@ -187,4 +188,81 @@ fn faults_are_retried_and_a_lost_object_is_an_error_naming_it() {
     .unwrap();
     assert_eq!(skipping.by_ref().filter(|r| r.is_ok()).count(), 39);
     assert_eq!(skipping.skipped(), 1);
+}
+
+fn shard(first: usize, count: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in first..first + count {
+        for (ext, data) in [
+            ("jpg", body(i)),
+            ("cls", format!("{}", i % 10).into_bytes()),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, format!("train/{i:06}.{ext}"), &data[..])
+                .unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn tar_shards_are_read_one_ranged_get_per_sample() {
+    let (s, mut options) = setup(0);
+    for k in 0..5 {
+        s.backend()
+            .put("bkt", &format!("ds/shard-{k:03}.tar"), shard(k * 20, 20));
+    }
+    options.suffixes = vec![];
+    options.tar_shards = true;
+    // No index yet: a clear error that says how to build it.
+    let err = Dataset::open("s3://bkt/ds", options.clone()).unwrap_err();
+    assert!(err.to_string().contains("manifest tar-index"), "{err}");
+    let (shards, samples) = Dataset::build_tar_index("s3://bkt/ds", &options, 2).unwrap();
+    assert_eq!((shards, samples), (5, 100));
+    let ds = Arc::new(Dataset::open("s3://bkt/ds", options.clone()).unwrap());
+    assert_eq!(ds.len(), 100);
+    s.backend().faults.cut_next_gets(3, 500);
+    let gets = s.backend().counters.get();
+    let order = Order {
+        seed: 3,
+        shuffle: Shuffle::Block { block: 20 },
+        ..Order::default()
+    };
+    let mut seen = 0;
+    for sample in Loader::new(
+        &ds,
+        Layout::single(),
+        order,
+        State {
+            seed: 3,
+            ..State::default()
+        },
+        LoadOptions::default(),
+    )
+    .unwrap()
+    {
+        let sample = sample.unwrap();
+        let i: usize = sample.key.trim_start_matches("train/").parse().unwrap();
+        assert_eq!(sample.member("jpg").unwrap().to_vec(), body(i));
+        assert_eq!(
+            sample.member("cls").unwrap().to_vec(),
+            format!("{}", i % 10).into_bytes()
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 100);
+    assert!(
+        s.backend().counters.get() - gets <= 100 + 3 + 1,
+        "one GET per sample (plus retries)"
+    );
+    // A shard rewritten after indexing: the index is stale, which is an error, not a misread.
+    s.backend().put("bkt", "ds/shard-002.tar", shard(500, 20));
+    let err = Dataset::open("s3://bkt/ds", options).unwrap_err();
+    assert!(
+        err.to_string().contains("stale for shard shard-002.tar"),
+        "{err}"
+    );
 }
