@@ -76,6 +76,7 @@ fn main() {
         store: pai_mount_benches::store_options(&server),
         suffixes: vec![],
         tar_shards: false,
+        glob: None,
     };
     let rss0 = pai_mount_benches::rss();
     let ds = Arc::new(Dataset::open("s3://bench/loader", options).unwrap());
@@ -138,6 +139,7 @@ fn main() {
         store: pai_mount_benches::store_options(&server),
         suffixes: vec![],
         tar_shards: true,
+        glob: None,
     };
     let t = Instant::now();
     let (shards, samples) = Dataset::build_tar_index("s3://bench/shards", &tar_options, 4).unwrap();

@@ -54,6 +54,9 @@ pub struct DatasetOptions {
     /// Keep only keys ending with one of these (for example `.jpg`); empty keeps everything.
     /// With `tar_shards`, it selects the shards (default `.tar`).
     pub suffixes: Vec<String>,
+    /// Keep only keys (relative to the prefix) matching this glob: `*` is any run of
+    /// characters within a path segment, `**` any run across segments, `?` one character.
+    pub glob: Option<String>,
     /// The objects are WebDataset tar shards: samples come from the tar index stored next to
     /// the manifest (`pai-mount manifest tar-index` builds it), one ranged GET each.
     pub tar_shards: bool,
@@ -140,6 +143,12 @@ impl Dataset {
                 suffixes.is_empty() || suffixes.iter().any(|s| name.ends_with(s.as_str()))
             })
             .map(|id| ns.pin(id).expect("a file"))
+            .filter(|o| {
+                options
+                    .glob
+                    .as_deref()
+                    .is_none_or(|g| glob_match(g, &o.key))
+            })
             .collect();
         let samples = if options.tar_shards {
             Self::tar_samples(url, &conn, &objects)?
@@ -367,6 +376,38 @@ impl Dataset {
             attempts,
         })
     }
+}
+
+/// Whether `key` matches `pattern` (`*` within a segment, `**` across segments, `?` one
+/// character other than `/`).
+pub fn glob_match(pattern: &str, key: &str) -> bool {
+    fn go(p: &[u8], k: &[u8]) -> bool {
+        match p.first() {
+            None => k.is_empty(),
+            Some(b'*') if p.get(1) == Some(&b'*') => {
+                let rest = &p[2..];
+                // `**/` may also match nothing at all.
+                let rest_no_slash = rest.strip_prefix(b"/").unwrap_or(rest);
+                (0..=k.len()).any(|i| go(rest, &k[i..]) || go(rest_no_slash, &k[i..]))
+            }
+            Some(b'*') => {
+                let rest = &p[1..];
+                let mut i = 0;
+                loop {
+                    if go(rest, &k[i..]) {
+                        return true;
+                    }
+                    if i == k.len() || k[i] == b'/' {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            Some(b'?') => !k.is_empty() && k[0] != b'/' && go(&p[1..], &k[1..]),
+            Some(&c) => k.first() == Some(&c) && go(&p[1..], &k[1..]),
+        }
+    }
+    go(pattern.as_bytes(), key.as_bytes())
 }
 
 /// What the async side needs to read samples: the pinned objects, shared.
@@ -609,5 +650,22 @@ impl Drop for Loader {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_within_and_across_segments() {
+        assert!(glob_match("train/*.jpg", "train/a.jpg"));
+        assert!(!glob_match("train/*.jpg", "train/x/a.jpg"));
+        assert!(glob_match("train/**/*.jpg", "train/x/y/a.jpg"));
+        assert!(glob_match("train/**/*.jpg", "train/a.jpg"));
+        assert!(glob_match("**", "anything/at/all"));
+        assert!(glob_match("s?/0.cls", "s1/0.cls"));
+        assert!(!glob_match("s?/0.cls", "s12/0.cls"));
+        assert!(!glob_match("*.jpg", "a.jpeg"));
     }
 }

@@ -41,6 +41,7 @@ fn setup(n: usize) -> (BackgroundServer, DatasetOptions) {
         },
         suffixes: vec![".jpg".into()],
         tar_shards: false,
+        glob: None,
     };
     (s, options)
 }
