@@ -15,10 +15,13 @@
 //! - [`cache`]: the persistent, checksummed local-disk block cache and its I/O engines.
 //! - [`fuse`]: the `fuser` adapter, the only module that knows fuser types.
 //! - [`error`]: the filesystem errors and their errno mapping (the only place errno appears).
+//! - [`framing`]: the versioned, checksummed framing of small JSON documents (journal records,
+//!   the loader's tar index).
 //! - [`metrics`]: every metric name and counter.
 
 pub mod cache;
 pub mod error;
+pub mod framing;
 pub mod fs;
 pub mod fuse;
 pub mod manifest;

@@ -5,8 +5,8 @@
 //! the first `.` of its file name (`train/000123.jpg` and `train/000123.cls` are sample
 //! `train/000123` with members `jpg` and `cls`); a sample's members are consecutive in the tar.
 //!
-//! Stored at `<prefix>/.pai-mount/tar-index.v1`: `PAITARIX`, format version (u32 LE), body
-//! length (u32 LE), JSON body, CRC-32 of the body (u32 LE). Each shard records the ETag it was
+//! Stored at `<prefix>/.pai-mount/tar-index.v1`: a JSON body framed by
+//! [`pai_mount_fs::framing`] with the magic `PAITARIX`. Each shard records the ETag it was
 //! indexed at; a shard whose ETag in the manifest differs makes the index stale, which is an
 //! error, never a misread.
 
@@ -47,14 +47,8 @@ pub struct TarIndex {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("not a tar index (bad magic)")]
-    BadMagic,
-    #[error("tar index format {0} is not supported (this build reads {FORMAT_VERSION})")]
-    Version(u32),
-    #[error("truncated tar index")]
-    Truncated,
-    #[error("tar index checksum mismatch")]
-    Checksum,
+    #[error(transparent)]
+    Frame(#[from] pai_mount_fs::framing::FrameError),
     #[error("bad tar index body: {0}")]
     Body(String),
     #[error("shard {key} is not a readable tar: {why}")]
@@ -64,38 +58,11 @@ pub enum IndexError {
 impl TarIndex {
     pub fn encode(&self) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("the index serializes");
-        let mut out = Vec::with_capacity(body.len() + 20);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out
+        pai_mount_fs::framing::encode(MAGIC, FORMAT_VERSION, &body)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, IndexError> {
-        if bytes.len() < 8 || &bytes[..8] != MAGIC {
-            return Err(if bytes.len() < 8 {
-                IndexError::Truncated
-            } else {
-                IndexError::BadMagic
-            });
-        }
-        if bytes.len() < 16 {
-            return Err(IndexError::Truncated);
-        }
-        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-        if version != FORMAT_VERSION {
-            return Err(IndexError::Version(version));
-        }
-        let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-        if bytes.len() != 16 + len + 4 {
-            return Err(IndexError::Truncated);
-        }
-        let body = &bytes[16..16 + len];
-        if crc32fast::hash(body) != u32::from_le_bytes(bytes[16 + len..].try_into().unwrap()) {
-            return Err(IndexError::Checksum);
-        }
+        let body = pai_mount_fs::framing::decode(MAGIC, FORMAT_VERSION, bytes)?;
         serde_json::from_slice(body).map_err(|e| IndexError::Body(e.to_string()))
     }
 }
@@ -201,7 +168,12 @@ mod tests {
         assert_eq!(TarIndex::decode(&enc).unwrap(), all);
         let mut bad = enc.clone();
         bad[20] ^= 1;
-        assert!(matches!(TarIndex::decode(&bad), Err(IndexError::Checksum)));
+        assert!(matches!(
+            TarIndex::decode(&bad),
+            Err(IndexError::Frame(
+                pai_mount_fs::framing::FrameError::Checksum
+            ))
+        ));
         assert!(TarIndex::decode(&enc[..enc.len() - 1]).is_err());
     }
 }

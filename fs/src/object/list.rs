@@ -148,6 +148,35 @@ impl S3Lister {
         Self { config }
     }
 
+    /// Signs `request` (SigV4, unless unsigned) and copies its headers onto `builder`.
+    async fn signed(
+        &self,
+        mut request: object_store::client::HttpRequest,
+        mut builder: reqwest::RequestBuilder,
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<reqwest::RequestBuilder, SourceError> {
+        if let Some(provider) = &self.config.credentials {
+            let credential = provider
+                .get_credential()
+                .await
+                .map_err(|e| SourceError::Denied {
+                    what: what(),
+                    why: e.to_string(),
+                })?;
+            AwsAuthorizer::new(&credential, "s3", &self.config.region)
+                .try_authorize(&mut request, None)
+                .map_err(|e| SourceError::Other {
+                    what: what(),
+                    why: format!("signing: {e}"),
+                })?;
+        }
+        let (parts, _) = request.into_parts();
+        for (name, value) in &parts.headers {
+            builder = builder.header(name, value);
+        }
+        Ok(builder)
+    }
+
     async fn request(
         &self,
         prefix: &[u8],
@@ -168,7 +197,7 @@ impl S3Lister {
         query.push_str(&format!("&max-keys={max_keys}"));
         query.push_str(&format!("&prefix={}", enc(prefix)));
         let url = format!("{}/?{query}", self.config.endpoint.trim_end_matches('/'));
-        let mut request: object_store::client::HttpRequest = http::Request::builder()
+        let request: object_store::client::HttpRequest = http::Request::builder()
             .method(http::Method::GET)
             .uri(&url)
             .body(object_store::client::HttpRequestBody::empty())
@@ -176,26 +205,9 @@ impl S3Lister {
                 what: what(),
                 why: format!("building a list request: {e}"),
             })?;
-        if let Some(provider) = &self.config.credentials {
-            let credential = provider
-                .get_credential()
-                .await
-                .map_err(|e| SourceError::Denied {
-                    what: what(),
-                    why: e.to_string(),
-                })?;
-            AwsAuthorizer::new(&credential, "s3", &self.config.region)
-                .try_authorize(&mut request, None)
-                .map_err(|e| SourceError::Other {
-                    what: what(),
-                    why: format!("signing: {e}"),
-                })?;
-        }
-        let (parts, _) = request.into_parts();
-        let mut builder = self.config.client.get(&url);
-        for (name, value) in &parts.headers {
-            builder = builder.header(name, value);
-        }
+        let builder = self
+            .signed(request, self.config.client.get(&url), &what)
+            .await?;
         let response = send_with_retry(builder, &what).await?;
         let status = response.status();
         let body: Bytes = response
@@ -275,7 +287,7 @@ impl S3Lister {
         } else {
             http::Method::DELETE
         };
-        let mut request: object_store::client::HttpRequest = http::Request::builder()
+        let request: object_store::client::HttpRequest = http::Request::builder()
             .method(method.clone())
             .uri(&url)
             .header(http::header::CONTENT_LENGTH, "0")
@@ -284,26 +296,13 @@ impl S3Lister {
                 what: what(),
                 why: format!("building a request: {e}"),
             })?;
-        if let Some(provider) = &self.config.credentials {
-            let credential = provider
-                .get_credential()
-                .await
-                .map_err(|e| SourceError::Denied {
-                    what: what(),
-                    why: e.to_string(),
-                })?;
-            AwsAuthorizer::new(&credential, "s3", &self.config.region)
-                .try_authorize(&mut request, None)
-                .map_err(|e| SourceError::Other {
-                    what: what(),
-                    why: format!("signing: {e}"),
-                })?;
-        }
-        let (parts, _) = request.into_parts();
-        let mut builder = self.config.client.request(method, &url).body(Vec::new());
-        for (name, value) in &parts.headers {
-            builder = builder.header(name, value);
-        }
+        let builder = self
+            .signed(
+                request,
+                self.config.client.request(method, &url).body(Vec::new()),
+                &what,
+            )
+            .await?;
         let response = send_with_retry(builder, &what).await?;
         let status = response.status();
         if status.is_success() || (!create && status.as_u16() == 404) {

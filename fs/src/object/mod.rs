@@ -224,66 +224,24 @@ impl ObjectSource {
         etag: Option<&str>,
         size: u64,
     ) -> Result<Bytes, ReadError> {
-        let path = self.path(rel)?;
-        let wanted = range.end - range.start;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let options = GetOptions {
-                if_match: etag.map(str::to_string),
-                range: Some(GetRange::Bounded(range.clone())),
-                ..Default::default()
-            };
-            Metrics::add(&self.metrics.get_requests, 1);
-            let started = Instant::now();
-            let result = match self.store.get_opts(&path, options).await {
-                Ok(r) => r,
-                Err(e) => {
-                    Metrics::add(&self.metrics.get_errors, 1);
-                    return Err(self.map_error(rel, etag, e));
+        let wanted = (range.end - range.start) as usize;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        self.get_range_chunks(rel, range, etag, size, |_, chunk| {
+            chunks.push(chunk);
+            std::future::ready(Ok(()))
+        })
+        .await?;
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().expect("one chunk"),
+            _ => {
+                let mut all = Vec::with_capacity(wanted);
+                for c in chunks {
+                    all.extend_from_slice(&c);
                 }
-            };
-            Metrics::add(
-                &self.metrics.first_byte_micros,
-                started.elapsed().as_micros() as u64,
-            );
-            if let (Some(pinned), Some(got)) = (etag, result.meta.e_tag.as_deref()) {
-                if pinned != got {
-                    return Err(ReadError::Changed {
-                        key: self.full_key(rel),
-                        pinned: pinned.to_string(),
-                    });
-                }
+                all.into()
             }
-            if result.meta.size != size {
-                return Err(ReadError::Changed {
-                    key: self.full_key(rel),
-                    pinned: etag.unwrap_or("(size only)").to_string(),
-                });
-            }
-            match result.bytes().await {
-                Ok(bytes) if bytes.len() as u64 == wanted => {
-                    Metrics::add(&self.metrics.get_bytes, wanted);
-                    return Ok(bytes);
-                }
-                Ok(bytes) => {
-                    return Err(ReadError::Short {
-                        key: self.full_key(rel),
-                        wanted,
-                        got: bytes.len() as u64,
-                    })
-                }
-                Err(e) if attempt <= BODY_RETRIES => {
-                    Metrics::add(&self.metrics.get_errors, 1);
-                    tracing::warn!(key = %self.full_key(rel), attempt, "body of ranged GET failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-                }
-                Err(e) => {
-                    Metrics::add(&self.metrics.get_errors, 1);
-                    return Err(self.map_error(rel, etag, e));
-                }
-            }
-        }
+        })
     }
 
     /// Like [`Self::get_range`], but hands the body to `sink` chunk by chunk (with each chunk's

@@ -7,8 +7,8 @@
 //! so an acknowledged write survives a crash of the daemon.
 //!
 //! ## Format (version 1)
-//! `PAIJRNL1` magic, format version (u32 LE), body length (u32 LE), a JSON body, CRC-32 of the
-//! body (u32 LE). A record that fails any check is never trusted: it is renamed aside to
+//! A JSON body framed by [`crate::framing`] with the magic `PAIJRNL1` (magic, version, length,
+//! body, CRC-32). A record that fails any check is never trusted: it is renamed aside to
 //! `<id>.rec.damaged` (with its staging file kept) and reported by `pai-mount status`.
 //!
 //! ## Invariants
@@ -61,53 +61,19 @@ pub struct Record {
 /// Why a record could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("not a journal record (bad magic)")]
-    BadMagic,
-    #[error("journal format version {0} is not supported (this build reads {FORMAT_VERSION})")]
-    Version(u32),
-    #[error("truncated record")]
-    Truncated,
-    #[error("checksum mismatch")]
-    Checksum,
+    #[error(transparent)]
+    Frame(#[from] crate::framing::FrameError),
     #[error("bad record body: {0}")]
     Body(String),
 }
 
 pub fn encode(r: &Record) -> Vec<u8> {
     let body = serde_json::to_vec(r).expect("records serialize");
-    let mut out = Vec::with_capacity(body.len() + 20);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out
+    crate::framing::encode(MAGIC, FORMAT_VERSION, &body)
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
-    if bytes.len() < 16 {
-        return Err(if bytes.len() >= 8 && &bytes[..8] != MAGIC {
-            RecordError::BadMagic
-        } else {
-            RecordError::Truncated
-        });
-    }
-    if &bytes[..8] != MAGIC {
-        return Err(RecordError::BadMagic);
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-    if version != FORMAT_VERSION {
-        return Err(RecordError::Version(version));
-    }
-    let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-    if bytes.len() != 16 + len + 4 {
-        return Err(RecordError::Truncated);
-    }
-    let body = &bytes[16..16 + len];
-    let crc = u32::from_le_bytes(bytes[16 + len..].try_into().unwrap());
-    if crc32fast::hash(body) != crc {
-        return Err(RecordError::Checksum);
-    }
+    let body = crate::framing::decode(MAGIC, FORMAT_VERSION, bytes)?;
     serde_json::from_slice(body).map_err(|e| RecordError::Body(e.to_string()))
 }
 
@@ -233,13 +199,20 @@ mod tests {
         }
         let mut flipped = bytes.clone();
         flipped[20] ^= 1;
-        assert!(matches!(decode(&flipped), Err(RecordError::Checksum)));
+        use crate::framing::FrameError;
+        assert!(matches!(
+            decode(&flipped),
+            Err(RecordError::Frame(FrameError::Checksum))
+        ));
         let mut newer = bytes.clone();
         newer[8] = 9;
-        assert!(matches!(decode(&newer), Err(RecordError::Version(9))));
+        assert!(matches!(
+            decode(&newer),
+            Err(RecordError::Frame(FrameError::Version { found: 9, .. }))
+        ));
         assert!(matches!(
             decode(b"hello world, not a record"),
-            Err(RecordError::BadMagic)
+            Err(RecordError::Frame(FrameError::BadMagic))
         ));
     }
 

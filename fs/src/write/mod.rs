@@ -711,16 +711,7 @@ impl WriteBack {
             let Some(staged) = st.staged.clone() else {
                 return Ok(());
             };
-            let record = Record {
-                id: staged.id,
-                source: self.source.source().display_root(),
-                key: st.key.clone(),
-                size: st.size,
-                mtime_ms: st.mtime_ms,
-                state: RecordState::Pending,
-                error: None,
-                attempts: 0,
-            };
+            let record = self.record(&st, staged.id, None, 0);
             (staged, record, st.version)
         };
         staged.sync()?;
@@ -730,6 +721,24 @@ impl WriteBack {
         st.flushed = st.flushed.max(version);
         st.failed = None;
         Ok(())
+    }
+
+    /// The journal record of a node's current state: pending, or failed with `error`.
+    fn record(&self, st: &FileState, id: u64, error: Option<String>, attempts: u32) -> Record {
+        Record {
+            id,
+            source: self.source.source().display_root(),
+            key: st.key.clone(),
+            size: st.size,
+            mtime_ms: st.mtime_ms,
+            state: if error.is_some() {
+                RecordState::Failed
+            } else {
+                RecordState::Pending
+            },
+            error,
+            attempts,
+        }
     }
 
     /// Queues `node` for upload if it has flushed content not yet in the bucket.
@@ -865,16 +874,7 @@ impl WriteBack {
                             let mut st = node.state();
                             st.failed = Some(why.clone());
                             st.queued = false;
-                            Record {
-                                id: staged.id,
-                                source: self.source.source().display_root(),
-                                key: st.key.clone(),
-                                size: st.size,
-                                mtime_ms: st.mtime_ms,
-                                state: RecordState::Failed,
-                                error: Some(why),
-                                attempts,
-                            }
+                            self.record(&st, staged.id, Some(why), attempts)
                         };
                         if !node.state().unlinked {
                             if let Err(e) = self.journal.put(&record) {
