@@ -126,20 +126,24 @@ impl Fs {
         }
     }
 
-    /// Creates and opens a new, empty file. Returns its attributes and handle.
-    pub async fn create(&self, parent: u64, name: &[u8]) -> Result<(Attr, u64), FsError> {
-        let wb = self.wb()?;
+    /// The path of a new entry `name` in `parent`: a valid name, in a directory, not taken.
+    fn new_path(&self, parent: u64, name: &[u8]) -> Result<String, FsError> {
         let name = check_name(name, parent == ROOT_INO)?;
         let (dir, dir_path) = self.resolve_path(parent)?;
         if !is_dir(&dir) {
             return Err(FsError::NotDir);
         }
         match self.child(&dir, &dir_path, name) {
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
+            Ok(_) => Err(FsError::Exists),
+            Err(FsError::NotFound) => Ok(overlay::join(&dir_path, name)),
+            Err(e) => Err(e),
         }
-        let path = overlay::join(&dir_path, name);
+    }
+
+    /// Creates and opens a new, empty file. Returns its attributes and handle.
+    pub async fn create(&self, parent: u64, name: &[u8]) -> Result<(Attr, u64), FsError> {
+        let wb = self.wb()?;
+        let path = self.new_path(parent, name)?;
         let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
         wb.stage(&node, true).await?;
         self.overlay
@@ -284,17 +288,7 @@ impl Fs {
     /// Makes a directory: an empty marker object `name/`.
     pub async fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let wb = self.wb()?;
-        let name = check_name(name, parent == ROOT_INO)?;
-        let (dir, dir_path) = self.resolve_path(parent)?;
-        if !is_dir(&dir) {
-            return Err(FsError::NotDir);
-        }
-        match self.child(&dir, &dir_path, name) {
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
-        let path = overlay::join(&dir_path, name);
+        let path = self.new_path(parent, name)?;
         wb.mark_dirty()?;
         wb.source().marker(&path, true).await?;
         let t = Target::Dir {
