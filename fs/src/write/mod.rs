@@ -803,13 +803,17 @@ impl WriteBack {
     }
 
     /// Forgets an unlinked node's staging file and record (call with its commit lock held).
+    ///
+    /// The staging file loses its name but stays open: handles that have the file open keep
+    /// reading (and writing) it, as POSIX wants for an unlinked open file; its space is freed
+    /// when the last handle closes.
     pub fn discard(&self, node: &FileNode) -> io::Result<()> {
         let staged = {
             let mut st = node.state();
             st.unlinked = true;
             st.version += 1;
             self.reset_stream(&mut st, false);
-            st.staged.take()
+            st.staged.clone()
         };
         node.changed.notify_waiters();
         if let Some(s) = staged {

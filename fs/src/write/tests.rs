@@ -336,11 +336,19 @@ async fn unlink_rename_mkdir_rmdir() {
         rig.fs.unlink(ROOT_INO, b"nope").await,
         Err(FsError::NotFound)
     ));
-    // Unlink of a file while its upload is pending: nothing reaches the bucket.
+    // Unlink of a file while its upload is pending: nothing reaches the bucket, and a handle
+    // that has it open still reads it.
     let fh = rig.write_file("gone", &pattern(100_000, 3)).await;
     rig.fs.flush(fh).await.unwrap();
+    let reader = rig.fs.open(rig.ino("gone").unwrap(), false).unwrap();
     rig.fs.unlink(ROOT_INO, b"gone").await.unwrap();
     rig.fs.release(fh).await.unwrap();
+    same(
+        &rig.fs.read(reader, 0, 200_000).await.unwrap(),
+        &pattern(100_000, 3),
+        "an unlinked open file",
+    );
+    rig.fs.release(reader).await.unwrap();
     rig.wb().drain(|_| {}).await;
     assert_eq!(object(&rig.store, "gone").await, None);
     let mut keys: Vec<String> = rig
