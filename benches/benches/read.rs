@@ -196,29 +196,17 @@ fn random_reads(path: &Path, size: u64) -> (f64, f64) {
 
 /// Whether section `name` runs: all of them, or those listed in `PAI_BENCH_ONLY` (comma-separated:
 /// seq, parallel, sixteen, disk, small, random, rclone).
-fn on(name: &str) -> bool {
-    std::env::var("PAI_BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / MIB as f64
 }
 
 fn main() {
-    let latency_ms: u64 = std::env::var("PAI_BENCH_LATENCY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pai-mount");
-    assert!(
-        bin.exists(),
-        "build the daemon first: cargo build --release -p pai-mount"
-    );
+    let pai_mount_benches::Setup {
+        latency_ms,
+        bin,
+        scratch,
+    } = pai_mount_benches::setup();
     let (rt, server) = pai_mount_benches::start_server(Duration::from_millis(latency_ms));
-    let scratch = tempfile::tempdir_in(
-        std::env::var("PAI_BENCH_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()),
-    )
-    .unwrap();
     let b = Bench {
         rt,
         server,
@@ -254,7 +242,7 @@ fn main() {
     std::fs::write(&local, &big).unwrap();
 
     // 1. Cold sequential, one file; then re-reads from the page cache in the same mount.
-    if on("seq") {
+    if pai_mount_benches::enabled("seq") {
         drop_caches();
         let raw1 = b.raw_get_mbps(&["big/f0".into()], GIB, 8 * MIB, 8);
         let m = b.mount("big", &[]);
@@ -269,7 +257,7 @@ fn main() {
     }
 
     // Four files in parallel.
-    if on("parallel") {
+    if pai_mount_benches::enabled("parallel") {
         drop_caches();
         let keys4: Vec<String> = (0..4).map(|i| format!("big/f{i}")).collect();
         let raw4 = b.raw_get_mbps(&keys4, GIB, 8 * MIB, 32);
@@ -285,7 +273,7 @@ fn main() {
 
     // 16 files read at once, at two budgets: peak RSS minus the budget is the constant the
     // budget does not cover.
-    if on("sixteen") {
+    if pai_mount_benches::enabled("sixteen") {
         for budget in [256u64, 1024] {
             drop_caches();
             let m = b.mount("big", &["--prefetch-budget", &format!("{budget}M")]);
@@ -301,7 +289,7 @@ fn main() {
     }
 
     // 2. Warm sequential from the disk cache (page cache dropped for both).
-    if on("disk") {
+    if pai_mount_benches::enabled("disk") {
         let cache_dir = b.scratch.path().join("cache");
         let cache_args = ["--cache-dir", cache_dir.to_str().unwrap()];
         let m = b.mount("big", &cache_args);
@@ -328,7 +316,7 @@ fn main() {
 
     // 3. Small files.
     for threads in [1, 8] {
-        if !on("small") {
+        if !pai_mount_benches::enabled("small") {
             break;
         }
         drop_caches();
@@ -357,7 +345,7 @@ fn main() {
             .bytes_out
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    if on("random") {
+    if pai_mount_benches::enabled("random") {
         drop_caches();
         let before = out_bytes();
         let m = b.mount("big", &[]);
@@ -368,7 +356,7 @@ fn main() {
     }
 
     // 5. rclone mount --vfs-cache-mode full, same server, same workloads.
-    if on("rclone") {
+    if pai_mount_benches::enabled("rclone") {
         drop_caches();
         if let Some(r) = b.rclone("big") {
             let one = dd(&r.dir.join("f2"));

@@ -20,10 +20,6 @@ use pai_test_s3::TestServer;
 
 const MIB: usize = 1 << 20;
 
-fn on(name: &str) -> bool {
-    std::env::var("PAI_BENCH_ONLY").map_or(true, |v| v.split(',').any(|x| x == name))
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / MIB as f64
 }
@@ -104,20 +100,12 @@ impl Bench {
 }
 
 fn main() {
-    let latency_ms: u64 = std::env::var("PAI_BENCH_LATENCY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pai-mount");
-    assert!(
-        bin.exists(),
-        "build the daemon first: cargo build --release -p pai-mount"
-    );
+    let pai_mount_benches::Setup {
+        latency_ms,
+        bin,
+        scratch,
+    } = pai_mount_benches::setup();
     let (rt, server) = pai_mount_benches::start_server(Duration::from_millis(latency_ms));
-    let scratch = tempfile::tempdir_in(
-        std::env::var("PAI_BENCH_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()),
-    )
-    .unwrap();
     let b = Bench {
         rt,
         server,
@@ -126,7 +114,7 @@ fn main() {
     };
     println!("pai-mount write benchmark; first-byte latency {latency_ms} ms; 2 cores");
 
-    if on("checkpoint") {
+    if pai_mount_benches::enabled("checkpoint") {
         // 1 GiB, written in 1 MiB writes, the way torch.save streams a checkpoint.
         let gib: Vec<u8> = (0..1usize << 30)
             .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 20) as u8)
@@ -172,7 +160,7 @@ fn main() {
         }
     }
 
-    if on("small") {
+    if pai_mount_benches::enabled("small") {
         let (m, staging) = b.mount("small", &[]);
         let body = vec![7u8; 64 * 1024];
         let t = Instant::now();
@@ -205,7 +193,7 @@ fn main() {
         );
     }
 
-    if on("append") {
+    if pai_mount_benches::enabled("append") {
         let (m, _) = b.mount("logs", &[]);
         let chunk = vec![b'x'; 100_000];
         // A writer that keeps its log open.

@@ -155,3 +155,38 @@ pub fn wait_mounted(dir: &Path) {
     }
     panic!("{} did not mount", dir.display());
 }
+
+/// What every daemon benchmark starts from: the first-byte latency (`PAI_BENCH_LATENCY_MS`,
+/// default 20), the release binary, and a scratch directory (`PAI_BENCH_SCRATCH`, default
+/// /var/tmp) for local baselines and staging.
+pub struct Setup {
+    pub latency_ms: u64,
+    pub bin: PathBuf,
+    pub scratch: tempfile::TempDir,
+}
+
+pub fn setup() -> Setup {
+    let latency_ms = std::env::var("PAI_BENCH_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pai-mount");
+    assert!(
+        bin.exists(),
+        "build the daemon first: cargo build --release -p pai-mount"
+    );
+    let scratch = tempfile::tempdir_in(
+        std::env::var("PAI_BENCH_SCRATCH").unwrap_or_else(|_| "/var/tmp".into()),
+    )
+    .expect("a scratch directory");
+    Setup {
+        latency_ms,
+        bin,
+        scratch,
+    }
+}
+
+/// Whether row `name` runs: all rows, or those listed in `PAI_BENCH_ONLY` (comma-separated).
+pub fn enabled(name: &str) -> bool {
+    std::env::var("PAI_BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
+}
