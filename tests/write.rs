@@ -467,3 +467,23 @@ fn a_full_staging_disk_is_enospc_and_corrupts_nothing() {
         sha(&data(5, 1 << 20))
     );
 }
+
+#[test]
+fn one_mount_per_staging_directory_with_a_clear_error() {
+    let s = server();
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().join("s");
+    let args = ["--staging-dir", st.to_str().unwrap()];
+    let _m = mount(&s, "s3://bkt", &args);
+    let other = tempfile::tempdir().unwrap();
+    let mut a = vec!["mount", "s3://bkt", other.path().to_str().unwrap()];
+    a.extend_from_slice(&args);
+    let err = fails(cmd(&s, &a).output().unwrap());
+    assert!(
+        err.contains("is in use by another pai-mount process"),
+        "{err}"
+    );
+    assert!(err.contains("--staging-dir"), "{err}");
+    let mode = std::fs::metadata(&st).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

@@ -91,7 +91,7 @@ pub enum WriteBackError {
     Read(#[from] ReadError),
     #[error("upload of {key} failed: {why}")]
     UploadFailed { key: String, why: String },
-    #[error("the staging directory {dir} is in use by another pai-mount process")]
+    #[error("the staging directory {dir} is in use by another pai-mount process (one mount per staging directory: pass --staging-dir, or --read-only)")]
     Locked { dir: PathBuf },
 }
 
