@@ -40,6 +40,8 @@ use journal::{Journal, Record, RecordState};
 
 /// Most parts a multipart upload may have (S3 and OSS both allow 10,000).
 pub const MAX_PARTS: u64 = 10_000;
+/// Parts of one file in flight while it is still being written (`early_upload`).
+const EARLY_PARTS: usize = 4;
 
 /// How write-back behaves.
 #[derive(Debug, Clone)]
@@ -623,10 +625,14 @@ impl WriteBack {
         let (tx, mut rx) = mpsc::channel::<std::ops::Range<u64>>(MAX_PARTS as usize);
         let (source, parts_sem, k) = (self.source.clone(), self.parts.clone(), key.clone());
         let staged_id = staged.id;
+        // While the file is still being written, a few parts at a time: the writer keeps
+        // most of the machine. The rest go at full width after close.
+        let early = Arc::new(Semaphore::new(EARLY_PARTS));
         let task = tokio::spawn(async move {
             let mut mp = None;
             let mut sent = Vec::new();
             while let Some(range) = rx.recv().await {
+                let early_permit = early.clone().acquire_owned().await.expect("never closed");
                 let permit = parts_sem
                     .clone()
                     .acquire_owned()
@@ -639,7 +645,7 @@ impl WriteBack {
                 let send = mp.as_mut().expect("started").put_part(bytes);
                 sent.push(tokio::spawn(async move {
                     let r = send.await;
-                    drop(permit);
+                    drop((permit, early_permit));
                     r
                 }));
             }
