@@ -240,7 +240,7 @@ async fn copy_one(
 }
 
 /// Streams one range into the file at its offset: the body goes chunk by chunk through a
-/// small bounded channel to a blocking writer, so a request holds about 1 MiB of memory
+/// 4-chunk channel to a blocking writer, so a request holds a few chunks of memory
 /// however large its range. With `md5`, the chunks are hashed as they are written.
 async fn fetch_range(
     source: &ObjectSource,
@@ -249,7 +249,7 @@ async fn fetch_range(
     r: std::ops::Range<u64>,
     md5: Option<[u8; 16]>,
 ) -> Result<(), CopyError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(4);
     let writer = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
         use md5::Digest;
         let mut hasher = md5.map(|_| md5::Md5::new());
