@@ -199,14 +199,22 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
-    /// `close()` of a handle: a handle that wrote makes the file durable locally and queues
-    /// its upload.
+    /// `close()` of a descriptor: a handle that wrote makes the file durable locally (staging
+    /// file and journal record fsynced). The upload is queued when the handle is released
+    /// (the last descriptor of the open file is closed), so a close of a duplicate descriptor
+    /// (`dup2` and close, as `dd` does) does not upload a version the writer is still writing.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
         let open = self.handle(fh)?;
-        match &*open {
-            OpenFile::Node {
-                node, write: true, ..
-            } => self.flush_node(node).await,
+        match (&*open, &self.write) {
+            (
+                OpenFile::Node {
+                    node, write: true, ..
+                },
+                Some(wb),
+            ) => {
+                let _g = node.lock_commit().await;
+                Ok(wb.flush_locked(node)?)
+            }
             _ => Ok(()),
         }
     }

@@ -1,8 +1,9 @@
 //! Write-back: staging files on local disk, the journal, and the background uploader.
 //!
 //! A file that is written gets a [`FileNode`] with a staging file under `<dir>/data/`. Writes
-//! go to the staging file. `close()` ([`WriteBack::flush`]) fsyncs it, writes a journal record
-//! and queues the file for upload, then returns: the network is not in the way of the writer.
+//! go to the staging file. `close()` ([`WriteBack::flush_locked`]) fsyncs it and writes a
+//! journal record; when the last descriptor is closed ([`WriteBack::flush`]) the file is queued
+//! for upload. Neither waits for the network.
 //! The uploader sends the file as one PUT, or as a multipart upload with parallel parts, and
 //! removes the record once that version is in the bucket. `fsync()` ([`WriteBack::fsync`])
 //! waits for that. At the next mount, every record left over is uploaded again.
@@ -205,6 +206,8 @@ pub struct Stream {
     part: u64,
     scheduled_end: u64,
     tx: mpsc::Sender<std::ops::Range<u64>>,
+    /// Limits parts in flight while the file is written; lifted when the stream finishes.
+    early: Arc<Semaphore>,
     task: tokio::task::JoinHandle<Result<StreamParts, WriteBackError>>,
 }
 
@@ -223,9 +226,11 @@ impl std::fmt::Debug for Stream {
 }
 
 impl Stream {
-    /// Stops scheduling; the parts sent so far are collected.
+    /// Stops scheduling; parts scheduled but not started go at full width (the mount's part
+    /// limit still applies), and the parts sent are collected.
     async fn finish(self) -> Result<StreamParts, WriteBackError> {
         drop(self.tx);
+        self.early.add_permits(MAX_PARTS as usize);
         self.task.await.expect("stream task panicked")
     }
 
@@ -628,11 +633,12 @@ impl WriteBack {
         // While the file is still being written, a few parts at a time: the writer keeps
         // most of the machine. The rest go at full width after close.
         let early = Arc::new(Semaphore::new(EARLY_PARTS));
+        let limit = early.clone();
         let task = tokio::spawn(async move {
             let mut mp = None;
             let mut sent = Vec::new();
             while let Some(range) = rx.recv().await {
-                let early_permit = early.clone().acquire_owned().await.expect("never closed");
+                let early_permit = limit.clone().acquire_owned().await.expect("never closed");
                 let permit = parts_sem
                     .clone()
                     .acquire_owned()
@@ -657,6 +663,7 @@ impl WriteBack {
             part,
             scheduled_end: 0,
             tx,
+            early,
             task,
         }
     }

@@ -395,6 +395,29 @@ async fn unlink_rename_mkdir_rmdir() {
 
 use futures::StreamExt;
 
+#[tokio::test]
+async fn closing_a_duplicate_descriptor_uploads_nothing_until_the_file_is_released() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(&[], tmp.path()).await;
+    let (_, fh) = rig.fs.create(ROOT_INO, b"dd.out").await.unwrap();
+    // dd opens the file, dup2s it onto stdout and closes the original descriptor.
+    rig.fs.flush(fh).await.unwrap();
+    rig.fs.write(fh, 0, &pattern(70_000, 1)).await.unwrap();
+    rig.close(fh).await;
+    rig.wb().drain(|_| {}).await;
+    same(
+        &object(&rig.store, "dd.out").await.unwrap(),
+        &pattern(70_000, 1),
+        "dd.out",
+    );
+    let done = rig
+        .fs
+        .metrics()
+        .uploads_done
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(done, 1, "the empty first version was never uploaded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_writers_send_parts_before_close_and_rewrites_fall_back() {
     let tmp = tempfile::tempdir().unwrap();
