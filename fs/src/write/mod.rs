@@ -871,9 +871,13 @@ impl WriteBack {
                 let mut st = node.state();
                 let staged = st.staged.clone();
                 match staged {
-                    Some(s) if st.pending() && st.version == st.flushed => {
-                        Some((st.key.clone(), s, st.version, st.size, st.mtime_ms))
-                    }
+                    Some(s) if st.pending() && st.version == st.flushed => Some(Version {
+                        key: st.key.clone(),
+                        staged: s,
+                        version: st.version,
+                        size: st.size,
+                        mtime_ms: st.mtime_ms,
+                    }),
                     _ => {
                         // Nothing to send, or a writer is mid-way: its close queues it again.
                         st.queued = false;
@@ -881,14 +885,13 @@ impl WriteBack {
                     }
                 }
             };
-            let Some((key, staged, version, size, mtime_ms)) = snapshot else {
+            let Some(v) = snapshot else {
                 node.changed.notify_waiters();
                 return;
             };
+            let (key, staged, size) = (v.key.clone(), v.staged.clone(), v.size);
             self.uploading.fetch_add(1, Ordering::Relaxed);
-            let result = self
-                .upload_version(&node, &key, &staged, version, size, mtime_ms)
-                .await;
+            let result = self.upload_version(&node, &v).await;
             self.uploading.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(true) => {
@@ -940,12 +943,9 @@ impl WriteBack {
     async fn upload_version(
         &self,
         node: &Arc<FileNode>,
-        key: &str,
-        staged: &Arc<Staged>,
-        version: u64,
-        size: u64,
-        mtime_ms: i64,
+        v: &Version,
     ) -> Result<bool, WriteBackError> {
+        let (key, staged, size) = (v.key.as_str(), &v.staged, v.size);
         // Parts sent while the file was written, if they belong to this version's bytes.
         let stream = {
             let mut st = node.state();
@@ -968,22 +968,9 @@ impl WriteBack {
                     }
                     match failed {
                         None => {
-                            let r = self
-                                .send_parts(node, version, staged, &mut mp, start..size, part)
-                                .await;
+                            let r = self.send_parts(node, v, &mut mp, start..size, part).await;
                             return match r {
-                                Ok(()) => {
-                                    self.commit(
-                                        node,
-                                        key,
-                                        staged,
-                                        version,
-                                        size,
-                                        mtime_ms,
-                                        Prepared::Multipart(mp),
-                                    )
-                                    .await
-                                }
+                                Ok(()) => self.commit(node, v, Prepared::Multipart(mp)).await,
                                 Err(e) => {
                                     mp.abort().await;
                                     Err(e)
@@ -1017,18 +1004,14 @@ impl WriteBack {
             let bytes = read_part(staged, 0..size).await?;
             Prepared::Single(bytes, permit)
         } else {
-            let mut mp = self.source.start_multipart(key, Some(mtime_ms)).await?;
-            if let Err(e) = self
-                .send_parts(node, version, staged, &mut mp, 0..size, part)
-                .await
-            {
+            let mut mp = self.source.start_multipart(key, Some(v.mtime_ms)).await?;
+            if let Err(e) = self.send_parts(node, v, &mut mp, 0..size, part).await {
                 mp.abort().await;
                 return Err(e);
             }
             Prepared::Multipart(mp)
         };
-        self.commit(node, key, staged, version, size, mtime_ms, prepared)
-            .await
+        self.commit(node, v, prepared).await
     }
 
     /// Sends `range` of the staging file as parts of `part` bytes, in parallel under the
@@ -1037,8 +1020,7 @@ impl WriteBack {
     async fn send_parts(
         &self,
         node: &FileNode,
-        version: u64,
-        staged: &Arc<Staged>,
+        v: &Version,
         mp: &mut crate::object::MultipartWriter,
         range: std::ops::Range<u64>,
         part: u64,
@@ -1046,7 +1028,7 @@ impl WriteBack {
         let mut tasks = Vec::new();
         let mut failed: Option<WriteBackError> = None;
         for start in range.clone().step_by(part as usize) {
-            if node.state().version != version {
+            if node.state().version != v.version {
                 break;
             }
             let permit = self
@@ -1055,7 +1037,7 @@ impl WriteBack {
                 .acquire_owned()
                 .await
                 .expect("never closed");
-            let bytes = match read_part(staged, start..range.end.min(start + part)).await {
+            let bytes = match read_part(&v.staged, start..range.end.min(start + part)).await {
                 Ok(b) => b,
                 Err(e) => {
                     failed = Some(e.into());
@@ -1079,18 +1061,14 @@ impl WriteBack {
         failed.map_or(Ok(()), Err)
     }
 
-    /// Makes `prepared` visible if `version` is still the file's content under `key`.
-    #[allow(clippy::too_many_arguments)]
+    /// Makes `prepared` visible if `v` is still the file's content under its key.
     async fn commit(
         &self,
         node: &Arc<FileNode>,
-        key: &str,
-        staged: &Arc<Staged>,
-        version: u64,
-        size: u64,
-        mtime_ms: i64,
+        v: &Version,
         prepared: Prepared,
     ) -> Result<bool, WriteBackError> {
+        let (key, staged, version, size) = (v.key.as_str(), &v.staged, v.version, v.size);
         let _g = node.commit.lock().await;
         let current = {
             let st = node.state();
@@ -1104,7 +1082,7 @@ impl WriteBack {
         }
         let etag = match prepared {
             Prepared::Single(bytes, _permit) => {
-                self.source.put_object(key, bytes, Some(mtime_ms)).await?
+                self.source.put_object(key, bytes, Some(v.mtime_ms)).await?
             }
             Prepared::Multipart(mp) => mp.complete().await?,
         };
@@ -1183,6 +1161,15 @@ impl WriteBack {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
     }
+}
+
+/// The version of a file an upload sends: what the uploader read from the node's state.
+struct Version {
+    key: String,
+    staged: Arc<Staged>,
+    version: u64,
+    size: u64,
+    mtime_ms: i64,
 }
 
 enum Prepared {
