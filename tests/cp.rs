@@ -3,44 +3,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use pai_test_s3::{ServerConfig, TestServer};
-use sha2::{Digest, Sha256};
 
 fn data(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
         .collect()
-}
-
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                walk(root, &e.path(), out);
-            } else {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .to_string();
-                out.insert(rel, sha(&std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 fn put_dataset(s: &TestServer) -> BTreeMap<String, String> {
@@ -72,7 +44,7 @@ fn copies_exactly_and_a_rerun_skips_what_is_complete() {
         .output()
         .unwrap());
     assert!(out.contains("copied 61 objects, skipped 0"), "{out}");
-    assert_eq!(tree(&dest), want);
+    assert_eq!(tree_sha(&dest), want);
     let gets = s.backend().counters.get();
     let out = ok(cmd(&s, &["cp", "s3://bkt/data", d]).output().unwrap());
     assert!(out.contains("copied 0 objects, skipped 61"), "{out}");
@@ -126,7 +98,7 @@ fn a_killed_copy_resumes_and_ends_byte_for_byte() {
         .args(["-9", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let partial = tree(&dest);
+    let partial = tree_sha(&dest);
     let complete: Vec<_> = partial.keys().filter(|k| !k.ends_with(".part")).collect();
     assert!(
         !complete.is_empty() && complete.len() < want.len(),
@@ -146,7 +118,7 @@ fn a_killed_copy_resumes_and_ends_byte_for_byte() {
         out.contains(&format!("skipped {}", complete.len())),
         "{out}"
     );
-    assert_eq!(tree(&dest), want, "every file, and no .part left");
+    assert_eq!(tree_sha(&dest), want, "every file, and no .part left");
 }
 
 #[test]
@@ -197,7 +169,7 @@ fn bad_targets_and_missing_prefixes_are_clear_errors() {
     )
     .output()
     .unwrap();
-    let copied = tree(small.path());
+    let copied = tree_sha(small.path());
     let _ = Command::new("umount").arg(small.path()).status();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success());

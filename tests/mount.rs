@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -23,29 +22,6 @@ fn dataset(server: &TestServer) -> BTreeMap<String, String> {
     server.backend().put("bkt", "data/zero.bin", Vec::new());
     want.insert("zero.bin".into(), hex::encode(Sha256::digest(b"")));
     want
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let ft = e.file_type().unwrap();
-        if ft.is_dir() {
-            walk(root, &e.path(), out);
-        } else {
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
-            let data = std::fs::read(e.path()).unwrap();
-            assert_eq!(
-                std::fs::metadata(e.path()).unwrap().len(),
-                data.len() as u64
-            );
-            out.insert(rel, hex::encode(Sha256::digest(&data)));
-        }
-    }
 }
 
 #[test]
@@ -67,8 +43,7 @@ fn mount_serves_listing_stat_and_exact_bytes_from_the_manifest() {
     let m = mount(&s, "s3://bkt/data", &["--read-only"]);
     let lists = s.backend().counters.list();
     let heads = s.backend().counters.head();
-    let mut got = BTreeMap::new();
-    walk(m.path(), m.path(), &mut got);
+    let got = tree_sha(m.path());
     assert_eq!(got, want, "every file byte for byte");
     assert!(m.path().join("empty-dir").is_dir());
     assert!(
@@ -118,8 +93,7 @@ fn virtual_hosted_addressing_end_to_end() {
         "s3://bkt/data",
         &["--endpoint", &endpoint, "--resolve", &resolve],
     );
-    let mut got = BTreeMap::new();
-    walk(m.path(), m.path(), &mut got);
+    let got = tree_sha(m.path());
     assert_eq!(got, want);
     assert!(
         m.log().contains("no manifest at"),

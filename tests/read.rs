@@ -7,16 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 fn big(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
-}
-
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
 }
 
 #[test]

@@ -11,16 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pai_test_s3::{BackgroundServer, ServerConfig, TestServer};
-use sha2::{Digest, Sha256};
 
 fn data(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
         .collect()
-}
-
-fn sha(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
 }
 
 fn slow_server(latency_ms: u64) -> BackgroundServer {

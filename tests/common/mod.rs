@@ -125,3 +125,39 @@ pub fn daemon_pid(mp: &Path) -> String {
         .expect("daemon running")
         .to_string()
 }
+
+/// Hex sha256 of `b`.
+pub fn sha(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(b))
+}
+
+/// Every file under `dir`: its path relative to `dir` and the sha256 of its bytes. Checks that
+/// each file's size in `stat` matches the bytes read.
+pub fn tree_sha(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &e.path(), out);
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                let data = std::fs::read(e.path()).unwrap();
+                assert_eq!(
+                    std::fs::metadata(e.path()).unwrap().len(),
+                    data.len() as u64,
+                    "{rel}: stat size and bytes read differ"
+                );
+                out.insert(rel, sha(&data));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
