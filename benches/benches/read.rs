@@ -196,6 +196,11 @@ fn random_reads(path: &Path, size: u64) -> (f64, f64) {
 
 /// Whether section `name` runs: all of them, or those listed in `PAI_BENCH_ONLY` (comma-separated:
 /// seq, parallel, sixteen, disk, small, random, rclone).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / MIB as f64
 }
@@ -249,26 +254,36 @@ fn main() {
         let one = dd(&m.dir.join("f0"));
         // Best of 3, as for the local file (the first pass over cached pages still clears the
         // kernel's readahead marks).
-        let again = (0..3).map(|_| dd(&m.dir.join("f0"))).fold(0.0, f64::max);
+        let passes: Vec<f64> = (0..3).map(|_| dd(&m.dir.join("f0"))).collect();
+        let again = passes.iter().copied().fold(0.0, f64::max);
+        println!("  re-read passes: {passes:.0?} MB/s");
         let hwm1 = m.stop();
         let local_hot = (0..3).map(|_| dd(&local)).fold(0.0, f64::max);
         println!("cold sequential 1 GiB (dd bs=1M): mount {one:.0} MB/s, raw 8x8 MiB ranged GETs {raw1:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB", one / raw1, mib(hwm1));
         println!("warm re-read of 1 GiB in the same mount (page cache): {again:.0} MB/s; local file from page cache {local_hot:.0} MB/s, ratio {:.2}", again / local_hot);
     }
 
-    // Four files in parallel.
+    // Four files in parallel. The machine's speed drifts between runs, so the mount and the raw
+    // baseline alternate three times (page cache dropped before each) and the medians are
+    // compared.
     if pai_mount_benches::enabled("parallel") {
-        drop_caches();
         let keys4: Vec<String> = (0..4).map(|i| format!("big/f{i}")).collect();
-        let raw4 = b.raw_get_mbps(&keys4, GIB, 8 * MIB, 32);
-        let m = b.mount("big", &[]);
-        let four = dd_parallel(
-            &(0..4)
-                .map(|i| m.dir.join(format!("f{i}")))
-                .collect::<Vec<_>>(),
-        );
-        let hwm4 = m.stop();
-        println!("cold sequential 4 x 1 GiB in parallel: mount {four:.0} MB/s, raw 32x8 MiB ranged GETs {raw4:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB (budget 1024 MiB)", four / raw4, mib(hwm4));
+        let (mut mount4, mut raw4, mut hwm4) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..3 {
+            drop_caches();
+            raw4.push(b.raw_get_mbps(&keys4, GIB, 8 * MIB, 32));
+            drop_caches();
+            let m = b.mount("big", &[]);
+            mount4.push(dd_parallel(
+                &(0..4)
+                    .map(|i| m.dir.join(format!("f{i}")))
+                    .collect::<Vec<_>>(),
+            ));
+            hwm4 = hwm4.max(m.stop());
+        }
+        println!("  mount runs {mount4:.0?} MB/s, raw runs {raw4:.0?} MB/s");
+        let (four, raw4) = (median(&mut mount4), median(&mut raw4));
+        println!("cold sequential 4 x 1 GiB in parallel (medians of 3): mount {four:.0} MB/s, raw 32x8 MiB ranged GETs {raw4:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB (budget 1024 MiB)", four / raw4, mib(hwm4));
     }
 
     // 16 files read at once, at two budgets: peak RSS minus the budget is the constant the
@@ -306,10 +321,6 @@ fn main() {
             drop_caches();
             cold.push(dd(&local));
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            v[v.len() / 2]
-        };
         let (warm, local_cold) = (median(&mut warm), median(&mut cold));
         println!("warm sequential 1 GiB from the disk cache: {warm:.0} MB/s; local file, page cache dropped: {local_cold:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB", warm / local_cold, mib(hwm));
     }

@@ -40,13 +40,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{BlockId, DiskCache, BLOCK_SIZE};
 use crate::metrics::Metrics;
 use crate::object::{ObjectSource, ReadError};
 use crate::reader::{ObjectReader, PinnedObject, ReaderFactory};
+
+mod pool;
+pub use pool::BlockPool;
+
+/// Idle block buffers kept for reuse (64 MiB at most).
+const POOL_BLOCKS: usize = 64;
 
 /// Tuning of the prefetcher. Every default is safe on a 16 GiB machine.
 #[derive(Debug, Clone)]
@@ -114,6 +119,26 @@ pub fn next_window(window: u64, sequential: bool, cap: u64) -> u64 {
         BLOCK_SIZE
     };
     w.min(cap.max(BLOCK_SIZE)).max(BLOCK_SIZE)
+}
+
+/// The block after the last one a handle should hold once a read has ended at `read_end`:
+/// `window` bytes ahead, within an object of `size` bytes.
+///
+/// Once the window is at least a part, its end is rounded up to a whole part
+/// (`part_blocks` blocks, aligned from block 0). Without that, a reader advancing one block
+/// would extend the window by one block and start a 1 MiB GET per read: each pays the full
+/// first-byte latency, and a handle's parts in flight carry an eighth of the bytes they could.
+/// With it, the window end stays put until the reader crosses a part boundary and then moves by
+/// a whole part, so steady-state prefetch is part-sized GETs.
+pub fn window_end(read_end: u64, window: u64, size: u64, part_blocks: u64, part_size: u64) -> u64 {
+    let total = size.div_ceil(BLOCK_SIZE);
+    let end = blocks_of(&(0..(read_end.saturating_add(window)).min(size))).end;
+    let end = if window >= part_size && part_blocks > 1 {
+        end.div_ceil(part_blocks).saturating_mul(part_blocks)
+    } else {
+        end
+    };
+    end.min(total)
 }
 
 /// Splits the block indexes `wanted` (sorted) into runs of consecutive blocks of at most
@@ -194,7 +219,13 @@ impl MemoryBudget {
 
 // ---- Parts: one fetch of consecutive blocks. ----
 
-type PartResult = Result<Arc<Vec<Bytes>>, Arc<ReadError>>;
+/// What a part has delivered so far: its first blocks, in order, as they arrive; and the
+/// error that ended it, if one did (blocks delivered before it stay good).
+#[derive(Default)]
+struct Progress {
+    blocks: Vec<Bytes>,
+    error: Option<Arc<ReadError>>,
+}
 
 /// Parts in flight or held by any handle, by (object identity, block): handles of the same
 /// object find each other's parts here instead of fetching the same bytes again. Weak
@@ -206,19 +237,47 @@ struct Part {
     /// Where this part is registered, to unregister on drop.
     registry: Arc<Registry>,
     ident: Arc<str>,
-    /// Bytes of the fetched result, once there (for the live-bytes gauge).
+    /// Bytes of the blocks delivered so far (for the live-bytes gauge).
     live: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
-    result: Shared<BoxFuture<'static, PartResult>>,
+    /// Blocks are readable as soon as each one has arrived, not when the whole part has.
+    progress: tokio::sync::watch::Receiver<Progress>,
+    /// Set once every block is delivered or the fetch failed.
     fetched: Arc<AtomicBool>,
     abort: tokio::task::AbortHandle,
     _held: Option<Arc<Held>>,
 }
 
 impl Part {
-    /// Whether the fetch finished with an error (such a part is never reused).
+    /// Whether the fetch ended with an error (such a part is never reused).
     fn failed(&self) -> bool {
-        self.result.peek().is_some_and(|r| r.is_err())
+        self.progress.borrow().error.is_some()
+    }
+
+    /// Whether block `b` of this part has arrived.
+    fn delivered(&self, b: u64) -> bool {
+        self.progress.borrow().blocks.len() > (b - self.blocks.start) as usize
+    }
+
+    /// Block `b` of this part, waiting until it has arrived.
+    async fn block(&self, b: u64) -> Result<Bytes, Arc<ReadError>> {
+        let i = (b - self.blocks.start) as usize;
+        let mut rx = self.progress.clone();
+        let outcome = match rx
+            .wait_for(|p| p.blocks.len() > i || p.error.is_some())
+            .await
+        {
+            Ok(p) => match p.blocks.get(i) {
+                Some(block) => Ok(block.clone()),
+                None => Err(p.error.clone().expect("waited for a block or an error")),
+            },
+            // The fetch task ended without a word: it was cancelled or panicked.
+            Err(_) => Err(Arc::new(ReadError::Store {
+                key: String::new(),
+                source: "fetch was cancelled".into(),
+            })),
+        };
+        outcome
     }
 }
 
@@ -248,6 +307,7 @@ impl Drop for Part {
 /// Makes prefetching readers. One per mount.
 pub struct Prefetcher {
     source: ObjectSource,
+    pool: Arc<BlockPool>,
     requests: Arc<Semaphore>,
     registry: Arc<Registry>,
     cache: Option<Arc<DiskCache>>,
@@ -267,6 +327,8 @@ impl Prefetcher {
         let root = source.source().display_root().into();
         Self {
             requests: Arc::new(Semaphore::new(config.max_requests.max(1))),
+            // Enough idle buffers to cover the parts that finish while their readers catch up.
+            pool: BlockPool::new(POOL_BLOCKS),
             registry: Arc::default(),
             source,
             cache,
@@ -287,9 +349,10 @@ impl Prefetcher {
         let blocks: Vec<u64> = (0..object.size.div_ceil(BLOCK_SIZE)).collect();
         let mut fetched = 0;
         for run in runs(&blocks, self.config.part_size / BLOCK_SIZE) {
-            let part = reader.spawn_part(run, None);
-            let blocks = part.result.clone().await.map_err(|e| clone_error(&e))?;
-            fetched += blocks.iter().map(|b| b.len() as u64).sum::<u64>();
+            let part = reader.spawn_part(run.clone(), None);
+            for b in run {
+                fetched += part.block(b).await.map_err(|e| clone_error(&e))?.len() as u64;
+            }
             // Wait for the cache writes too: the fetch task sets `fetched` before writing, so
             // poll the task's completion through its abort handle.
             while !part.abort.is_finished() {
@@ -309,6 +372,7 @@ impl Prefetcher {
         .into();
         PrefetchReader {
             object,
+            pool: self.pool.clone(),
             ident,
             registry: self.registry.clone(),
             requests: self.requests.clone(),
@@ -346,6 +410,7 @@ struct State {
 /// The reader of one open handle.
 pub struct PrefetchReader {
     object: PinnedObject,
+    pool: Arc<BlockPool>,
     /// Key and ETag: handles with the same identity share parts.
     ident: Arc<str>,
     registry: Arc<Registry>,
@@ -397,7 +462,7 @@ impl PrefetchReader {
     /// Starts fetching `blocks`: disk cache first, then one ranged GET per run of missing
     /// blocks; fetched blocks go to the disk cache afterwards.
     fn spawn_part(&self, blocks: Range<u64>, held: Option<Held>) -> Arc<Part> {
-        let (tx, rx) = tokio::sync::oneshot::channel::<PartResult>();
+        let (tx, rx) = tokio::sync::watch::channel(Progress::default());
         let fetched = Arc::new(AtomicBool::new(false));
         let live = Arc::new(AtomicU64::new(0));
         let held = held.map(Arc::new);
@@ -412,18 +477,32 @@ impl PrefetchReader {
             let live = live.clone();
             let metrics = self.source.metrics().clone();
             let requests = self.requests.clone();
+            let pool = self.pool.clone();
             async move {
+                // Delivers the blocks of `out` that are now there in order: a reader waiting
+                // for block i needs blocks up to i, not the whole part.
+                let deliver = |out: &[Option<Bytes>]| {
+                    tx.send_modify(|p| {
+                        while let Some(Some(block)) = out.get(p.blocks.len()) {
+                            let n = block.len() as u64;
+                            live.fetch_add(n, Ordering::AcqRel);
+                            let now = metrics.parts_live.fetch_add(n, Ordering::Relaxed) + n;
+                            metrics.parts_peak.fetch_max(now, Ordering::Relaxed);
+                            p.blocks.push(block.clone());
+                        }
+                    })
+                };
                 let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
                 if let Some(cache) = &cache {
                     // All blocks of the part at once: the engine overlaps their disk reads.
-                    let hits = futures::future::join_all(ids.iter().map(|id| async {
+                    out = futures::future::join_all(ids.iter().map(|id| async {
                         match id {
                             Some(id) => cache.get(id).await,
                             None => None,
                         }
                     }))
                     .await;
-                    out = hits;
+                    deliver(&out);
                 }
                 let missing: Vec<u64> = blocks
                     .clone()
@@ -432,51 +511,24 @@ impl PrefetchReader {
                     .map(|(i, _)| i)
                     .collect();
                 let mut new_blocks = Vec::new();
-                let mut failure = None;
                 for run in runs(&missing, u64::MAX) {
                     let range = block_range(run.start, object.size).start
                         ..block_range(run.end - 1, object.size).end;
                     let _request = requests.acquire().await.expect("never closed");
-                    match source
-                        .get_range(
-                            &object.key,
-                            range.clone(),
-                            object.etag.as_deref(),
-                            object.size,
-                        )
-                        .await
-                    {
-                        Ok(bytes) => {
-                            for b in run.clone() {
-                                let r = block_range(b, object.size);
-                                let slice = bytes.slice(
-                                    (r.start - range.start) as usize
-                                        ..(r.end - range.start) as usize,
-                                );
-                                new_blocks.push((b, slice.clone()));
-                                out[(b - blocks.start) as usize] = Some(slice);
-                            }
-                        }
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
+                    let mut next = run.start;
+                    let fetch = fetch_blocks(&source, &object, range, &pool, |block| {
+                        new_blocks.push((next, block.clone()));
+                        out[(next - blocks.start) as usize] = Some(block);
+                        next += 1;
+                        deliver(&out);
+                    })
+                    .await;
+                    if let Err(e) = fetch {
+                        tx.send_modify(|p| p.error = Some(Arc::new(e)));
+                        break;
                     }
                 }
-                let result: PartResult = match failure {
-                    Some(e) => Err(Arc::new(e)),
-                    None => Ok(Arc::new(
-                        out.into_iter().map(Option::unwrap_or_default).collect(),
-                    )),
-                };
-                if let Ok(blocks) = &result {
-                    let n: u64 = blocks.iter().map(|b| b.len() as u64).sum();
-                    live.store(n, Ordering::Release);
-                    let now = metrics.parts_live.fetch_add(n, Ordering::Relaxed) + n;
-                    metrics.parts_peak.fetch_max(now, Ordering::Relaxed);
-                }
                 fetched.store(true, Ordering::Release);
-                let _ = tx.send(result);
                 if let Some(cache) = &cache {
                     for (b, bytes) in new_blocks {
                         if let Some(id) = &ids[(b - blocks.start) as usize] {
@@ -488,23 +540,13 @@ impl PrefetchReader {
             }
         };
         let handle = tokio::spawn(task);
-        let result = async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(Arc::new(ReadError::Store {
-                    key: String::new(),
-                    source: "fetch was cancelled".into(),
-                }))
-            })
-        }
-        .boxed()
-        .shared();
         Arc::new(Part {
             blocks,
             registry: self.registry.clone(),
             ident: self.ident.clone(),
             live,
             metrics: self.source.metrics().clone(),
-            result,
+            progress: rx,
             fetched,
             abort: handle.abort_handle(),
             _held: held,
@@ -566,11 +608,17 @@ impl PrefetchReader {
         let wanted: Vec<Arc<Part>> = demand.clone().map(|b| st.parts[&b].clone()).collect();
         // Prefetch: blocks after the demand, up to the window, that nobody holds yet.
         if sequential || range.start == 0 {
-            let end_block = blocks_of(&(0..(range.end + st.window).min(size))).end;
+            let part_blocks = (self.config.part_size / BLOCK_SIZE).max(1);
+            let end_block = window_end(
+                range.end,
+                st.window,
+                size,
+                part_blocks,
+                self.config.part_size,
+            );
             let ahead: Vec<u64> = (demand.end..end_block)
                 .filter(|&b| !self.adopt(&reg, &mut st, b, &mut discard))
                 .collect();
-            let part_blocks = (self.config.part_size / BLOCK_SIZE).max(1);
             'parts: for run in runs(&ahead, part_blocks) {
                 let mut start = run.start;
                 while start < run.end {
@@ -678,6 +726,44 @@ impl PrefetchReader {
     }
 }
 
+/// One ranged GET of `range` (block-aligned within `object`), copied straight into one pooled
+/// buffer per block as the body arrives; each block goes to `on_block` once complete.
+async fn fetch_blocks(
+    source: &ObjectSource,
+    object: &PinnedObject,
+    range: Range<u64>,
+    pool: &Arc<BlockPool>,
+    mut on_block: impl FnMut(Bytes),
+) -> Result<(), ReadError> {
+    let size = object.size;
+    let mut current: Option<Vec<u8>> = None;
+    let mut block = range.start / BLOCK_SIZE;
+    source
+        .get_range_chunks(
+            &object.key,
+            range.clone(),
+            object.etag.as_deref(),
+            size,
+            |_, mut chunk: Bytes| {
+                while !chunk.is_empty() {
+                    let r = block_range(block, size);
+                    let buf = current.get_or_insert_with(|| pool.take());
+                    let n = ((r.end - r.start) as usize - buf.len()).min(chunk.len());
+                    buf.extend_from_slice(&chunk.split_to(n));
+                    if buf.len() as u64 == r.end - r.start {
+                        on_block(pool.freeze(current.take().expect("just filled")));
+                        block += 1;
+                    }
+                }
+                std::future::ready(Ok(()))
+            },
+        )
+        .await?;
+    // `get_range_chunks` returns only once all of `range` arrived, so every block is complete.
+    debug_assert!(current.is_none());
+    Ok(())
+}
+
 /// What a read needs.
 enum Plan {
     /// The parts holding each demand block, in order.
@@ -715,19 +801,18 @@ impl PrefetchReader {
         let mut single: Option<Bytes> = None;
         let mut prev: Option<usize> = None;
         for (b, part) in demand.clone().zip(&parts) {
-            if part.fetched.load(Ordering::Acquire) && prev != Some(Arc::as_ptr(part) as usize) {
+            if part.delivered(b) && prev != Some(Arc::as_ptr(part) as usize) {
                 Metrics::add(&self.source.metrics().memory_hits, 1);
             }
             prev = Some(Arc::as_ptr(part) as usize);
-            let blocks = match part.result.clone().await {
-                Ok(blocks) => blocks,
+            let block = match part.block(b).await {
+                Ok(block) => block,
                 Err(e) => {
                     // A failed fetch must not stick: forget it so the next read fetches again.
                     self.forget(part);
                     return Err(clone_error(&e));
                 }
             };
-            let block = &blocks[(b - part.blocks.start) as usize];
             let br = block_range(b, size);
             let from = range.start.max(br.start) - br.start;
             let to = range.end.min(br.end) - br.start;

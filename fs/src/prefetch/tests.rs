@@ -80,6 +80,27 @@ proptest! {
     }
 
     #[test]
+    fn the_window_end_covers_the_window_and_moves_by_whole_parts(
+        read_end in 0u64..100 * MIB, window in 1u64..40 * MIB, size in 1u64..120 * MIB,
+        part_blocks in 1u64..10,
+    ) {
+        let part_size = part_blocks * BLOCK_SIZE;
+        let read_end = read_end.min(size);
+        let end = window_end(read_end, window, size, part_blocks, part_size);
+        let total = size.div_ceil(BLOCK_SIZE);
+        let plain = blocks_of(&(0..(read_end + window).min(size))).end;
+        prop_assert!(end <= total);
+        prop_assert!(end >= plain, "the window is covered");
+        if window >= part_size && end < total {
+            prop_assert_eq!(end % part_blocks, 0, "ends on a part boundary");
+            prop_assert!(end - plain < part_blocks, "by less than one part");
+        }
+        if window < part_size {
+            prop_assert_eq!(end, plain, "no rounding while the window ramps up");
+        }
+    }
+
+    #[test]
     fn runs_partition_their_input(mut v in proptest::collection::btree_set(0u64..100, 0..50), max in 1u64..6) {
         let wanted: Vec<u64> = std::mem::take(&mut v).into_iter().collect();
         let rs = runs(&wanted, max);
@@ -172,6 +193,32 @@ async fn sequential_reads_grow_a_window_of_parallel_parts() {
         64 * MIB,
         "nothing fetched twice"
     );
+}
+
+#[tokio::test]
+async fn a_sliding_window_fetches_whole_parts_not_one_block_per_read() {
+    // The window (8 MiB) is much smaller than the object (64 MiB): after the ramp, each read
+    // moves the window by one block, which must not turn into a 1 MiB GET per read.
+    let config = PrefetchConfig {
+        part_size: 4 * MIB,
+        max_window: 8 * MIB,
+        ..PrefetchConfig::default()
+    };
+    let (p, obj, bytes, m) = setup(64 * MIB as usize, config, None).await;
+    let r = p.open(obj);
+    let mut off = 0;
+    while off < 64 * MIB {
+        let got = r.read(off, MIB as u32).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+    let gets = m.get_requests.load(Ordering::Relaxed);
+    // 16 parts of 4 MiB, plus the ramp (1, 1, 2, 4 MiB) and one catch-up part.
+    assert!(
+        gets <= 22,
+        "64 MiB in {gets} GETs: expected whole 4 MiB parts"
+    );
+    assert_eq!(m.get_bytes.load(Ordering::Relaxed), 64 * MIB);
 }
 
 #[tokio::test]
