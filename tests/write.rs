@@ -482,3 +482,105 @@ fn one_mount_per_staging_directory_with_a_clear_error() {
     let mode = std::fs::metadata(&st).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+/// Counts the PUT requests the server has seen after `f` returns and uploads settle.
+fn puts(s: &TestServer) -> u64 {
+    s.backend().counters.put()
+}
+
+#[test]
+fn passthrough_writers_readers_and_read_write_handles_agree_and_every_version_lands() {
+    let s = slow_server(30);
+    let m = mount(&s, "s3://bkt", &[]);
+    let p = m.path().join("ck.pt");
+
+    // A new file written through a write-only handle: the kernel writes the staging file
+    // itself; fsync still means "in the bucket".
+    let v1 = data(1, 6 << 20);
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    w.write_all(&v1).unwrap();
+    // A reader while the writer is open sees what was written (and its size).
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), v1.len() as u64);
+    assert!(std::fs::read(&p).unwrap() == v1);
+    w.sync_all().unwrap();
+    assert!(object(&s, "ck.pt").unwrap() == v1);
+    let after_fsync = puts(&s);
+    drop(w);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        puts(&s),
+        after_fsync,
+        "closing without new writes uploads nothing"
+    );
+
+    // A read-write handle while a write-only one is open (served by the daemon, on the same
+    // staging file): both handles' writes land, in order.
+    let mut w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let mut rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    w.seek(SeekFrom::Start(1 << 20)).unwrap();
+    w.write_all(&[7u8; 4096]).unwrap();
+    rw.seek(SeekFrom::Start(2 << 20)).unwrap();
+    rw.write_all(&[9u8; 4096]).unwrap();
+    let mut expect = v1.clone();
+    expect[1 << 20..(1 << 20) + 4096].fill(7);
+    expect[2 << 20..(2 << 20) + 4096].fill(9);
+    let mut got = Vec::new();
+    rw.seek(SeekFrom::Start(0)).unwrap();
+    std::io::Read::read_to_end(&mut rw, &mut got).unwrap();
+    assert!(got == expect, "the read-write handle sees both writes");
+    drop(rw);
+    drop(w);
+    std::fs::File::open(&p).unwrap().sync_all().unwrap();
+    assert!(object(&s, "ck.pt").unwrap() == expect);
+
+    // Overwrites in quick succession, each while the previous upload may be in flight: only
+    // whole versions become visible, and the last one stays.
+    let mut last = Vec::new();
+    for seed in 2..6u8 {
+        last = data(seed, (3 << 20) + seed as usize * 4097);
+        std::fs::write(&p, &last).unwrap();
+    }
+    std::fs::File::open(&p).unwrap().sync_all().unwrap();
+    assert!(object(&s, "ck.pt").unwrap() == last);
+
+    // Overwriting an object that exists only in the bucket (O_TRUNC with the open).
+    let remote = data(9, 1 << 20);
+    s.backend().put("bkt", "remote.bin", remote.clone());
+    let fresh = data(10, 2 << 20);
+    let q = m.path().join("remote.bin");
+    std::fs::write(&q, &fresh).unwrap();
+    assert!(std::fs::read(&q).unwrap() == fresh);
+    std::fs::File::open(&q).unwrap().sync_all().unwrap();
+    assert!(object(&s, "remote.bin").unwrap() == fresh);
+
+    let out = unmount(&m, &[]);
+    assert!(out.status.success());
+    let log = m.log();
+    // The value is the last run of digits of the metric's line (the log may be colored).
+    let opens: u64 = log
+        .lines()
+        .find(|l| l.contains("fs.passthrough_opens"))
+        .map(|l| {
+            let digits: String = l.chars().rev().take_while(char::is_ascii_digit).collect();
+            digits.chars().rev().collect::<String>()
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if log.contains("does not offer FUSE passthrough") {
+        eprintln!("this kernel has no FUSE passthrough: the daemon path was tested instead");
+    } else {
+        let tail: Vec<&str> = log.lines().rev().take(12).collect();
+        assert!(
+            opens > 0,
+            "passthrough was used: {opens}; log ends {tail:#?}"
+        );
+    }
+}

@@ -146,6 +146,10 @@ pub struct WriteArgs {
     /// written (costs CPU during the write; see docs/benchmarks.md)
     #[arg(long)]
     pub early_upload: bool,
+    /// Send reads and writes of files written in this mount through the daemon instead of
+    /// letting the kernel use their staging files directly (FUSE passthrough)
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Attempts of one upload (each after the HTTP layer's own retries) before it is marked
     /// failed and kept for the next mount
     #[arg(long, default_value_t = 5)]

@@ -394,6 +394,7 @@ fn start(a: &MountArgs) -> anyhow::Result<Started> {
         threads: a.threads,
         fs_name: a.store.source.clone(),
         read_only: false,
+        passthrough: !a.write.no_passthrough,
         ..MountOptions::default()
     };
     parse_options(&a.options, &mut fs_config, &mut mount_options)?;

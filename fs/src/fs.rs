@@ -39,8 +39,11 @@ use crate::namespace::{Namespace, NodeKind};
 use crate::reader::{ObjectReader, PinnedObject, ReaderFactory};
 use crate::write::{FileNode, WriteBack};
 
+mod io_mode;
 pub mod overlay;
 mod write_ops;
+
+pub use io_mode::{Access, IoMode};
 
 pub use write_ops::SetAttr;
 
@@ -147,6 +150,7 @@ type NodeReader = Mutex<Option<(Option<String>, Arc<dyn ObjectReader>)>>;
 enum OpenFile {
     /// An unchanged file of a snapshot, pinned at open.
     Base {
+        ino: u64,
         reader: Box<dyn ObjectReader>,
         key: Arc<str>,
     },
@@ -175,6 +179,9 @@ pub struct Fs {
     overlay: RwLock<Overlay>,
     write: Option<Arc<WriteBack>>,
     next_ino: AtomicU64,
+    io: Mutex<io_mode::IoModes>,
+    /// Whether new handles may use FUSE passthrough (see `io_mode`).
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl Fs {
@@ -201,6 +208,8 @@ impl Fs {
             overlay: RwLock::new(Overlay::default()),
             write: None,
             next_ino: AtomicU64::new(OVERLAY_INO + 1),
+            io: Mutex::default(),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -377,7 +386,10 @@ impl Fs {
         match t {
             Target::Base { snap, node } => self.attr(snap, *node),
             Target::File(n) => {
-                let st = n.state();
+                let mut st = n.state();
+                if st.passthrough_writers > 0 {
+                    st.take_in_writes();
+                }
                 Attr {
                     ino: n.ino,
                     kind: NodeKind::File,
@@ -677,6 +689,7 @@ impl Fs {
                     let object = snap.namespace.pin(node).expect("a resolved file");
                     let key = object.key.clone();
                     OpenFile::Base {
+                        ino,
                         reader: self.readers.open(object),
                         key,
                     }
@@ -727,7 +740,7 @@ impl Fs {
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
         let open = self.handle(fh)?;
         let (reader, key) = match &*open {
-            OpenFile::Base { reader, key } => (reader.as_ref(), key.clone()),
+            OpenFile::Base { reader, key, .. } => (reader.as_ref(), key.clone()),
             OpenFile::Node { node, reader, .. } => {
                 return self.read_node(node, reader, offset, len).await;
             }
@@ -807,6 +820,7 @@ impl Fs {
     /// Closes a handle. A handle that wrote is flushed again first (writes through a shared
     /// mapping can arrive after the last `flush`).
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        self.release_mode(fh);
         let open = self.handles.lock().unwrap().remove(&fh);
         if let Some(open) = open {
             if let OpenFile::Node {

@@ -6,22 +6,24 @@
 //! thread with `block_on`: they touch local disk or make one request per object, and `write`
 //! avoids copying its data.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyData,
+    BackingId, Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
-use crate::fs::{Attr, Fs, SetAttr};
+use crate::fs::{Access, Attr, Fs, IoMode, SetAttr};
 use crate::namespace::NodeKind;
+use crate::write::Staged;
 
 /// The kernel may read this much ahead of a sequential reader (bytes).
 const MAX_READAHEAD: u32 = 1 << 20;
@@ -40,6 +42,8 @@ pub struct MountOptions {
     /// Mount read-only (`ro` in /proc/mounts); the core refuses changes either way when it has
     /// no write-back.
     pub read_only: bool,
+    /// Let the kernel read and write staging files directly (FUSE passthrough) when it can.
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
@@ -47,6 +51,7 @@ impl Default for MountOptions {
         Self {
             allow_other: false,
             threads: 16,
+            passthrough: true,
             fs_name: "pai-mount".into(),
             read_only: true,
         }
@@ -57,11 +62,101 @@ impl Default for MountOptions {
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
+    passthrough: bool,
+    backing: Mutex<Backing>,
+}
+
+/// Staging files registered with the kernel for passthrough: one registration per inode, shared
+/// by all its passthrough handles (the kernel refuses a second file for the same inode), and
+/// dropped with the last of them.
+#[derive(Default)]
+struct Backing {
+    by_ino: HashMap<u64, (BackingId, u32)>,
+    by_fh: HashMap<u64, u64>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
-        Self { fs, rt }
+        Self::with_passthrough(fs, rt, true)
+    }
+
+    pub fn with_passthrough(fs: Arc<Fs>, rt: Handle, passthrough: bool) -> Self {
+        Self {
+            fs,
+            rt,
+            passthrough,
+            backing: Mutex::default(),
+        }
+    }
+
+    /// Chooses the I/O mode of a new handle and, for passthrough, the kernel's registration of
+    /// its staging file (made with `register`, the reply's own ioctl).
+    fn open_mode(
+        &self,
+        fh: u64,
+        access: Access,
+        register: impl FnOnce(&Staged) -> std::io::Result<BackingId>,
+    ) -> Result<Opened<'_>, FsError> {
+        match self.fs.io_mode(fh, access)? {
+            IoMode::Cached { keep_cache } => Ok(Opened::Flags(if keep_cache {
+                // The content of an unchanged file's inode never changes (a changed object
+                // gets a new inode at the next refresh), so the kernel may keep its page cache
+                // across opens. Files written in this mount are re-read on open.
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            })),
+            IoMode::Direct => Ok(Opened::Flags(FopenFlags::FOPEN_DIRECT_IO)),
+            IoMode::Passthrough { staged, ino } => {
+                let mut backing = self.backing.lock().unwrap();
+                if let std::collections::hash_map::Entry::Vacant(slot) = backing.by_ino.entry(ino) {
+                    match register(&staged) {
+                        Ok(id) => {
+                            slot.insert((id, 0));
+                        }
+                        Err(e) => {
+                            drop(backing);
+                            tracing::warn!("the kernel refused a staging file for passthrough ({e}); files written in this mount go through the daemon");
+                            self.fs.passthrough_refused(fh);
+                            return Ok(Opened::Flags(FopenFlags::empty()));
+                        }
+                    }
+                }
+                backing.by_ino.get_mut(&ino).expect("registered").1 += 1;
+                backing.by_fh.insert(fh, ino);
+                Ok(Opened::Passthrough(backing, ino))
+            }
+        }
+    }
+
+    /// Drops a released handle's share of its inode's passthrough registration.
+    fn drop_backing(&self, fh: u64) {
+        let mut backing = self.backing.lock().unwrap();
+        let Some(ino) = backing.by_fh.remove(&fh) else {
+            return;
+        };
+        if let Some((_, n)) = backing.by_ino.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                backing.by_ino.remove(&ino);
+            }
+        }
+    }
+}
+
+/// How to answer an open: plain flags, or passthrough with the inode's registration (held
+/// under its lock until the reply is sent, so a release cannot drop it first).
+enum Opened<'a> {
+    Flags(FopenFlags),
+    Passthrough(std::sync::MutexGuard<'a, Backing>, u64),
+}
+
+impl Opened<'_> {
+    fn backing_id(&self) -> Option<&BackingId> {
+        match self {
+            Opened::Flags(_) => None,
+            Opened::Passthrough(b, ino) => Some(&b.by_ino[ino].0),
+        }
     }
 }
 
@@ -123,6 +218,31 @@ impl fuser::Filesystem for FuseAdapter {
         }
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.set_max_background(MAX_BACKGROUND);
+        // O_TRUNC with the open: an overwritten file is emptied before the reply, so its handle
+        // can be a passthrough one.
+        if config
+            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            tracing::info!("kernel does not offer FUSE_ATOMIC_O_TRUNC");
+        }
+        // Passthrough (Linux 6.9+): the kernel reads and writes staging files itself. Stack
+        // depth 2 lets staging files live on overlayfs (a container's root).
+        if self.passthrough {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if granted {
+                self.fs.enable_passthrough(true);
+                tracing::debug!(
+                    enabled = self.fs.passthrough_enabled(),
+                    "FUSE passthrough offered by the kernel"
+                );
+            } else {
+                tracing::info!(
+                    "kernel does not offer FUSE passthrough; written files go through the daemon"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -151,19 +271,24 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = (flags.0 & libc::O_ACCMODE) != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.fs.open(ino.0, write) {
-            // The content of an unchanged file's inode never changes (a changed object gets a
-            // new inode at the next refresh), so the kernel may keep its page cache across
-            // opens. Files written in this mount are re-read on open.
-            Ok(fh) => {
-                let flags = if self.fs.keep_cache(fh) {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags)
+        let access = Access::from_flags(flags.0);
+        // O_TRUNC arrives here only with FUSE_ATOMIC_O_TRUNC; otherwise as a setattr after.
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let opened = match self.rt.block_on(self.fs.open_as(ino.0, access, truncate)) {
+            Ok(fh) => fh,
+            Err(e) => {
+                log_failure("open", ino.0, &e);
+                return reply.error(errno(&e));
             }
+        };
+        match self.open_mode(opened, access, |s| reply.open_backing(s)) {
+            Ok(o) => match o.backing_id() {
+                Some(id) => reply.opened_passthrough(FileHandle(opened), FopenFlags::empty(), id),
+                None => {
+                    let Opened::Flags(f) = o else { unreachable!() };
+                    reply.opened(FileHandle(opened), f)
+                }
+            },
             Err(e) => {
                 log_failure("open", ino.0, &e);
                 reply.error(errno(&e))
@@ -204,6 +329,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.drop_backing(fh.0);
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.release(fh.0).await {
@@ -534,17 +660,33 @@ impl fuser::Filesystem for FuseAdapter {
         name: &OsStr,
         _mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        match self.rt.block_on(self.fs.create(parent.0, name.as_bytes())) {
-            Ok((a, fh)) => reply.created(
-                &self.fs.config().ttl,
-                &to_fuse(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+        let (a, fh) = match self.rt.block_on(self.fs.create(parent.0, name.as_bytes())) {
+            Ok(created) => created,
+            Err(e) => {
+                log_failure("create", parent.0, &e);
+                return reply.error(errno(&e));
+            }
+        };
+        let ttl = self.fs.config().ttl;
+        let attr = to_fuse(&a);
+        match self.open_mode(fh, Access::from_flags(flags), |s| reply.open_backing(s)) {
+            Ok(o) => match o.backing_id() {
+                Some(id) => reply.created_passthrough(
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    id,
+                ),
+                None => {
+                    let Opened::Flags(f) = o else { unreachable!() };
+                    reply.created(&ttl, &attr, Generation(0), FileHandle(fh), f)
+                }
+            },
             Err(e) => {
                 log_failure("create", parent.0, &e);
                 reply.error(errno(&e))
@@ -579,7 +721,8 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(FuseAdapter::new(fs, rt), mountpoint, &config)?;
+    let adapter = FuseAdapter::with_passthrough(fs, rt, options.passthrough);
+    let session = fuser::Session::new(adapter, mountpoint, &config)?;
     // The kernel caps a FUSE mount's readahead at 128 KiB regardless of `max_readahead`;
     // raise it so sequential reads arrive as 1 MiB requests.
     let abs = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());

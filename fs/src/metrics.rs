@@ -17,6 +17,7 @@ pub const UPLOADS_RETRIED: &str = "write.upload_retries";
 pub const UPLOADS_SUPERSEDED: &str = "write.uploads_superseded";
 pub const UPLOADED_BYTES: &str = "write.uploaded_bytes";
 pub const WRITE_BYTES: &str = "fs.write_bytes";
+pub const PASSTHROUGH_OPENS: &str = "fs.passthrough_opens";
 pub const NAMESPACE_CHANGES: &str = "fs.namespace_changes";
 pub const STAGED_FETCH_BYTES: &str = "write.staged_fetch_bytes";
 pub const GET_BYTES: &str = "object.get_bytes";
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub uploaded_bytes: AtomicU64,
     /// Bytes written through the mount.
     pub write_bytes: AtomicU64,
+    pub passthrough_opens: AtomicU64,
     /// Changes of the bucket's namespace: uploads done, mkdir, rmdir, unlink, rename, mtimes.
     pub namespace_changes: AtomicU64,
     /// Bytes downloaded to stage an existing object for a partial write.
@@ -111,6 +113,7 @@ impl Metrics {
             (UPLOADS_SUPERSEDED, g(&self.uploads_superseded)),
             (UPLOADED_BYTES, g(&self.uploaded_bytes)),
             (WRITE_BYTES, g(&self.write_bytes)),
+            (PASSTHROUGH_OPENS, g(&self.passthrough_opens)),
             (NAMESPACE_CHANGES, g(&self.namespace_changes)),
             (STAGED_FETCH_BYTES, g(&self.staged_fetch_bytes)),
             (GET_BYTES, g(&self.get_bytes)),

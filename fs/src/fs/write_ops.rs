@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::overlay::{self, Entry};
-use super::{base_lookup_path, now_ms, Attr, Fs, OpenFile, Target, ROOT_INO};
+use super::{base_lookup_path, now_ms, Access, Attr, Fs, OpenFile, Target, ROOT_INO};
 use crate::error::FsError;
 use crate::manifest::{self, Etag};
 use crate::metrics::Metrics;
@@ -213,6 +213,9 @@ impl Fs {
                 Some(wb),
             ) => {
                 let _g = node.lock_commit().await;
+                if self.writes_through(fh) {
+                    node.state().take_in_writes();
+                }
                 Ok(wb.flush_locked(node)?)
             }
             _ => Ok(()),
@@ -230,9 +233,35 @@ impl Fs {
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
         let open = self.handle(fh)?;
         match (&*open, &self.write) {
-            (OpenFile::Node { node, .. }, Some(wb)) => Ok(wb.fsync(node).await?),
+            (OpenFile::Node { node, .. }, Some(wb)) => {
+                {
+                    let _g = node.lock_commit().await;
+                    let mut st = node.state();
+                    if st.passthrough_writers > 0 {
+                        st.take_in_writes();
+                    }
+                }
+                Ok(wb.fsync(node).await?)
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Opens `ino` for `access`, emptying it first when `truncate` (`O_TRUNC`, when the kernel
+    /// passes it with the open instead of a separate truncate).
+    pub async fn open_as(&self, ino: u64, access: Access, truncate: bool) -> Result<u64, FsError> {
+        let fh = self.open(ino, access.writes() || truncate)?;
+        if truncate {
+            let node = match &*self.handle(fh)? {
+                OpenFile::Node { node, .. } => node.clone(),
+                OpenFile::Base { .. } => unreachable!("a handle that may write has a node"),
+            };
+            if let Err(e) = self.truncate(&node, 0).await {
+                let _ = self.release(fh).await;
+                return Err(e);
+            }
+        }
+        Ok(fh)
     }
 
     /// Sets the size of a node's content.

@@ -117,6 +117,12 @@ pub struct Staged {
     path: PathBuf,
 }
 
+impl std::os::fd::AsFd for Staged {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
 impl Staged {
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut done = 0;
@@ -160,6 +166,14 @@ impl Staged {
 
     pub fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
+    pub fn set_modified(&self, t: std::time::SystemTime) -> io::Result<()> {
+        self.file.set_modified(t)
     }
 
     pub fn is_empty(&self) -> io::Result<bool> {
@@ -211,11 +225,91 @@ pub struct FileState {
     pub unlinked: bool,
     /// Open handles that may write.
     pub writers: u32,
+    /// Open handles the kernel serves straight from the staging file (FUSE passthrough): the
+    /// staging file is neither dropped nor replaced while there are any.
+    pub passthrough: u32,
+    /// Those of them that write (the daemon does not see their writes).
+    pub passthrough_writers: u32,
+    /// Size and mtime sentinel of the staging file when passthrough writes were last taken in
+    /// (`fs::io_mode::take_in_writes`).
+    pub passthrough_mark: Option<(u64, Option<std::time::SystemTime>)>,
     /// `Some(end)` while the staging file was written only sequentially from empty, up to
     /// `end`: its completed parts may then be uploaded before `close()`.
     pub seq_end: Option<u64>,
     /// Parts of this file already on their way, while it is still being written.
     pub stream: Option<Stream>,
+}
+
+impl FileState {
+    /// Takes in what passthrough writes did to a node's staging file since it was last marked:
+    /// its size and mtime, and a new version. Returns whether it had changed.
+    ///
+    /// The daemon does not see passthrough writes, so it marks the staging file: it remembers its
+    /// size and sets its mtime to a sentinel just below the real one. Any later write moves the mtime
+    /// off the sentinel (the kernel stamps the current time, which is never below the real mtime it
+    /// stamped before), so a change is never missed even within one timestamp tick. On a filesystem
+    /// that cannot store the sentinel exactly, every call counts as a change.
+    pub fn take_in_writes(&mut self) -> bool {
+        let Some(staged) = self.staged.clone() else {
+            return false;
+        };
+        let Ok(meta) = staged.metadata() else {
+            self.version += 1;
+            return true;
+        };
+        let modified = meta.modified().ok();
+        if self.passthrough_mark.is_some() && self.passthrough_mark == Some((meta.len(), modified))
+        {
+            return false;
+        }
+        self.size = meta.len();
+        if let Some(Ok(d)) = modified.map(|m| m.duration_since(std::time::UNIX_EPOCH)) {
+            self.mtime_ms = d.as_millis() as i64;
+        }
+        self.version += 1;
+        self.mark(&staged, modified);
+        true
+    }
+
+    /// Marks the staging file of a node that gets a passthrough writer (see
+    /// [`Self::take_in_writes`]). With writers already marking it, this is a take-in: setting
+    /// a new sentinel must not erase the trace of their writes.
+    pub fn mark_staging(&mut self) {
+        if self.passthrough_mark.is_some() {
+            self.take_in_writes();
+            return;
+        }
+        let Some(staged) = self.staged.clone() else {
+            return;
+        };
+        match staged.metadata() {
+            Ok(meta) => self.mark(&staged, meta.modified().ok()),
+            Err(_) => self.passthrough_mark = None,
+        }
+    }
+
+    /// Sets the sentinel below `modified` (the real mtime just read). Setting an mtime takes the
+    /// file's inode lock, so a write in progress finishes first; the size is read after that,
+    /// and a write that slipped in meanwhile (mtime off the sentinel again) leaves no mark, so
+    /// the next check counts as a change.
+    fn mark(&mut self, staged: &Staged, modified: Option<std::time::SystemTime>) {
+        self.passthrough_mark = None;
+        let Some(sentinel) =
+            modified.and_then(|m| m.checked_sub(std::time::Duration::from_nanos(1)))
+        else {
+            return;
+        };
+        if staged.set_modified(sentinel).is_err() {
+            return;
+        }
+        let Ok(meta) = staged.metadata() else {
+            return;
+        };
+        self.size = meta.len();
+        if meta.modified().ok() == Some(sentinel) {
+            self.passthrough_mark = Some((meta.len(), Some(sentinel)));
+        }
+    }
 }
 
 /// A multipart upload started while a file is written sequentially. Parts are scheduled as
@@ -302,6 +396,9 @@ impl FileNode {
                 queued: false,
                 unlinked: false,
                 writers: 0,
+                passthrough: 0,
+                passthrough_writers: 0,
+                passthrough_mark: None,
                 seq_end: None,
                 stream: None,
             }),
@@ -803,7 +900,12 @@ impl WriteBack {
     pub fn release_staging(&self, node: &FileNode) {
         let staged = {
             let mut st = node.state();
-            if st.writers > 0 || st.pending() || st.version != st.uploaded || st.remote.is_none() {
+            if st.writers > 0
+                || st.passthrough > 0
+                || st.pending()
+                || st.version != st.uploaded
+                || st.remote.is_none()
+            {
                 return;
             }
             st.staged.take()
@@ -1071,7 +1173,12 @@ impl WriteBack {
         let (key, staged, version, size) = (v.key.as_str(), &v.staged, v.version, v.size);
         let _g = node.commit.lock().await;
         let current = {
-            let st = node.state();
+            let mut st = node.state();
+            // Writes the kernel made straight to the staging file since it was marked make
+            // this version stale (and the bytes just sent possibly torn).
+            if st.passthrough_writers > 0 {
+                st.take_in_writes();
+            }
             !st.unlinked && st.version == version && st.key == key
         };
         if !current {
@@ -1096,7 +1203,7 @@ impl WriteBack {
             st.uploaded = version;
             st.remote = Some(Remote { size, etag });
             st.failed = None;
-            if st.writers == 0 && st.version == version {
+            if st.writers == 0 && st.passthrough == 0 && st.version == version {
                 st.staged.take()
             } else {
                 None

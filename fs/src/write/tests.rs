@@ -31,6 +31,15 @@ fn config(dir: &Path) -> WriteConfig {
 }
 
 async fn mount(store: Arc<InMemory>, dir: &Path, stop_uploads: bool) -> Rig {
+    mount_with(store, dir, stop_uploads, config(dir)).await
+}
+
+async fn mount_with(
+    store: Arc<InMemory>,
+    dir: &Path,
+    stop_uploads: bool,
+    config: WriteConfig,
+) -> Rig {
     let metrics = Arc::new(Metrics::default());
     let source = ObjectSource::from_store(
         Source::parse("s3://bkt").unwrap(),
@@ -46,8 +55,7 @@ async fn mount(store: Arc<InMemory>, dir: &Path, stop_uploads: bool) -> Rig {
         FsConfig::default(),
         metrics.clone(),
     );
-    let (wb, recovery) =
-        WriteBack::open(config(dir), source.clone(), metrics, || fs.new_ino()).unwrap();
+    let (wb, recovery) = WriteBack::open(config, source.clone(), metrics, || fs.new_ino()).unwrap();
     if stop_uploads {
         wb.stop();
     }
@@ -416,6 +424,94 @@ async fn closing_a_duplicate_descriptor_uploads_nothing_until_the_file_is_releas
         .uploads_done
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(done, 1, "the empty first version was never uploaded");
+}
+
+#[tokio::test]
+async fn passthrough_handles_follow_the_kernels_mode_rules_and_writes_behind_the_daemon_land() {
+    use crate::fs::{Access, IoMode};
+    use std::sync::atomic::Ordering::Relaxed;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemory::new());
+    store
+        .put(&StorePath::from("remote.bin"), b"remote".to_vec().into())
+        .await
+        .unwrap();
+    // Passthrough is off with early uploads, which must see every write.
+    let mut c = config(tmp.path());
+    c.early_upload = false;
+    let rig = mount_with(store, tmp.path(), false, c).await;
+    rig.fs.enable_passthrough(true);
+    assert!(rig.fs.passthrough_enabled());
+    let (_, w) = rig.fs.create(ROOT_INO, b"ck.pt").await.unwrap();
+    let IoMode::Passthrough { staged, .. } = rig.fs.io_mode(w, Access::Write).unwrap() else {
+        panic!("a new write-only file goes straight to its staging file");
+    };
+    // The kernel's writes, which the daemon never sees.
+    let v1 = pattern(200_000, 3);
+    staged.write_at(&v1, 0).unwrap();
+    let ino = rig.ino("ck.pt").unwrap();
+    assert_eq!(rig.fs.getattr(ino).unwrap().size, 200_000, "size read back");
+    // While the inode is in passthrough mode: readers and writers join it, read-write
+    // handles go through the daemon without the page cache.
+    let r = rig.fs.open(ino, false).unwrap();
+    assert!(matches!(
+        rig.fs.io_mode(r, Access::Read).unwrap(),
+        IoMode::Passthrough { .. }
+    ));
+    let rw = rig.fs.open(ino, true).unwrap();
+    assert!(matches!(
+        rig.fs.io_mode(rw, Access::ReadWrite).unwrap(),
+        IoMode::Direct
+    ));
+    rig.fs.write(rw, 0, b"HEAD").await.unwrap();
+    rig.close(rw).await;
+    rig.close(w).await;
+    rig.wb().drain(|_| {}).await;
+    let mut want = v1.clone();
+    want[..4].copy_from_slice(b"HEAD");
+    same(&object(&rig.store, "ck.pt").await.unwrap(), &want, "ck.pt");
+    let done = rig.fs.metrics().uploads_done.load(Relaxed);
+
+    // A writer that writes nothing uploads nothing; two writes within one timestamp tick are
+    // both seen (the mtime sentinel), and the last one lands.
+    let w = rig.fs.open(ino, true).unwrap();
+    assert!(matches!(
+        rig.fs.io_mode(w, Access::Write).unwrap(),
+        IoMode::Passthrough { .. }
+    ));
+    rig.close(w).await;
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(rig.fs.metrics().uploads_done.load(Relaxed), done);
+    let w = rig.fs.open(ino, true).unwrap();
+    let IoMode::Passthrough { staged, .. } = rig.fs.io_mode(w, Access::Write).unwrap() else {
+        panic!("the reader keeps the inode in passthrough mode");
+    };
+    staged.write_at(b"1", 10).unwrap();
+    rig.fs.flush(w).await.unwrap();
+    staged.write_at(b"2", 11).unwrap();
+    rig.close(w).await;
+    rig.close(r).await;
+    rig.wb().drain(|_| {}).await;
+    want[10..12].copy_from_slice(b"12");
+    same(&object(&rig.store, "ck.pt").await.unwrap(), &want, "ck.pt");
+
+    // A cached handle keeps the inode in cached mode: later handles are cached too.
+    let remote = rig.ino("remote.bin").unwrap();
+    let c = rig.fs.open(remote, false).unwrap();
+    assert!(matches!(
+        rig.fs.io_mode(c, Access::Read).unwrap(),
+        IoMode::Cached { keep_cache: true }
+    ));
+    let w = rig.fs.open_as(remote, Access::Write, true).await.unwrap();
+    assert!(matches!(
+        rig.fs.io_mode(w, Access::Write).unwrap(),
+        IoMode::Cached { keep_cache: false }
+    ));
+    rig.fs.write(w, 0, b"new").await.unwrap();
+    rig.close(w).await;
+    rig.fs.release(c).await.unwrap();
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(object(&rig.store, "remote.bin").await.unwrap(), b"new");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
