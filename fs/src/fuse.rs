@@ -308,7 +308,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
+        let mut read = Box::pin(async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),
                 Err(e) => {
@@ -317,6 +317,16 @@ impl fuser::Filesystem for FuseAdapter {
                 }
             }
         });
+        // Most sequential reads find their blocks already fetched: answer those on this
+        // thread, and hand only the ones that must wait to the runtime (a thread hop and two
+        // wakeups less per request). A future may be polled with one waker and then another;
+        // the runtime's first poll registers its own.
+        let _rt = self.rt.enter();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if std::future::Future::poll(read.as_mut(), &mut cx).is_pending() {
+            self.rt.spawn(read);
+        }
     }
 
     fn release(
