@@ -512,6 +512,30 @@ async fn passthrough_handles_follow_the_kernels_mode_rules_and_writes_behind_the
     rig.fs.release(c).await.unwrap();
     rig.wb().drain(|_| {}).await;
     assert_eq!(object(&rig.store, "remote.bin").await.unwrap(), b"new");
+
+    // A kernel (or a daemon without CAP_SYS_ADMIN) that refuses the staging file: the handle
+    // falls back to the page cache, passthrough is off for the mount, and the file still lands.
+    let (_, w) = rig.fs.create(ROOT_INO, b"fallback.bin").await.unwrap();
+    assert!(matches!(
+        rig.fs.io_mode(w, Access::Write).unwrap(),
+        IoMode::Passthrough { .. }
+    ));
+    rig.fs.passthrough_refused(w);
+    assert!(!rig.fs.passthrough_enabled());
+    rig.fs.write(w, 0, b"through the daemon").await.unwrap();
+    let ino = rig.ino("fallback.bin").unwrap();
+    let r = rig.fs.open(ino, false).unwrap();
+    assert!(matches!(
+        rig.fs.io_mode(r, Access::Read).unwrap(),
+        IoMode::Cached { .. }
+    ));
+    rig.close(w).await;
+    rig.fs.release(r).await.unwrap();
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(
+        object(&rig.store, "fallback.bin").await.unwrap(),
+        b"through the daemon"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
