@@ -823,12 +823,16 @@ impl Fs {
         self.release_mode(fh);
         let open = self.handles.lock().unwrap().remove(&fh);
         if let Some(open) = open {
-            if let OpenFile::Node {
-                node, write: true, ..
-            } = &*open
-            {
-                let r = self.flush_node(node).await;
-                node.state().writers -= 1;
+            if let OpenFile::Node { node, write, .. } = &*open {
+                let r = if *write {
+                    let r = self.flush_node(node).await;
+                    node.state().writers -= 1;
+                    r
+                } else {
+                    Ok(())
+                };
+                // A reader served from the staging file (passthrough) may have been what kept
+                // an uploaded file's staging file.
                 if let Some(wb) = &self.write {
                     wb.release_staging(node);
                 }

@@ -490,10 +490,21 @@ async fn passthrough_handles_follow_the_kernels_mode_rules_and_writes_behind_the
     rig.fs.flush(w).await.unwrap();
     staged.write_at(b"2", 11).unwrap();
     rig.close(w).await;
-    rig.close(r).await;
     rig.wb().drain(|_| {}).await;
     want[10..12].copy_from_slice(b"12");
     same(&object(&rig.store, "ck.pt").await.unwrap(), &want, "ck.pt");
+    let staging_files = || {
+        std::fs::read_dir(rig.dir.join("staging/data"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(staging_files(), 1, "kept while a passthrough reader has it");
+    rig.fs.release(r).await.unwrap();
+    assert_eq!(
+        staging_files(),
+        0,
+        "dropped with the last passthrough handle"
+    );
 
     // A cached handle keeps the inode in cached mode: later handles are cached too.
     let remote = rig.ino("remote.bin").unwrap();
@@ -535,6 +546,11 @@ async fn passthrough_handles_follow_the_kernels_mode_rules_and_writes_behind_the
     assert_eq!(
         object(&rig.store, "fallback.bin").await.unwrap(),
         b"through the daemon"
+    );
+    assert_eq!(
+        staging_files(),
+        0,
+        "no staging file outlives its handles once uploaded"
     );
 }
 
