@@ -43,6 +43,16 @@ async fn setup(
     )
 }
 
+/// Reads the whole object front to back in `chunk`-sized reads, checking every byte.
+async fn read_through(r: &dyn ObjectReader, bytes: &[u8], chunk: u32) {
+    let mut off = 0;
+    while off < bytes.len() as u64 {
+        let got = r.read(off, chunk).await.unwrap();
+        assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
+        off += got.len() as u64;
+    }
+}
+
 fn small_config() -> PrefetchConfig {
     PrefetchConfig {
         part_size: 2 * BLOCK_SIZE,
@@ -174,13 +184,7 @@ async fn random_access_fetches_only_its_granule_and_no_window() {
 #[tokio::test]
 async fn sequential_reads_grow_a_window_of_parallel_parts() {
     let (p, obj, bytes, m) = setup(64 * MIB as usize, PrefetchConfig::default(), None).await;
-    let r = p.open(obj);
-    let mut off = 0;
-    while off < 64 * MIB {
-        let got = r.read(off, 128 * 1024).await.unwrap();
-        assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
-        off += got.len() as u64;
-    }
+    read_through(&*p.open(obj), &bytes, 128 * 1024).await;
     let gets = m.get_requests.load(Ordering::Relaxed);
     assert!(
         gets <= 16,
@@ -205,13 +209,7 @@ async fn a_sliding_window_fetches_whole_parts_not_one_block_per_read() {
         ..PrefetchConfig::default()
     };
     let (p, obj, bytes, m) = setup(64 * MIB as usize, config, None).await;
-    let r = p.open(obj);
-    let mut off = 0;
-    while off < 64 * MIB {
-        let got = r.read(off, MIB as u32).await.unwrap();
-        assert_eq!(&got[..], &bytes[off as usize..off as usize + got.len()]);
-        off += got.len() as u64;
-    }
+    read_through(&*p.open(obj), &bytes, MIB as u32).await;
     let gets = m.get_requests.load(Ordering::Relaxed);
     // 16 parts of 4 MiB, plus the ramp (1, 1, 2, 4 MiB) and one catch-up part.
     assert!(
