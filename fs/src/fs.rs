@@ -387,9 +387,7 @@ impl Fs {
             Target::Base { snap, node } => self.attr(snap, *node),
             Target::File(n) => {
                 let mut st = n.state();
-                if st.passthrough_writers > 0 {
-                    st.take_in_writes();
-                }
+                st.take_in_writes();
                 Attr {
                     ino: n.ino,
                     kind: NodeKind::File,
@@ -718,15 +716,6 @@ impl Fs {
         }
     }
 
-    /// Whether the kernel may keep its page cache of this handle's file across opens: only
-    /// for unchanged files, whose content cannot change under an inode.
-    pub fn keep_cache(&self, fh: u64) -> bool {
-        matches!(
-            self.handles.lock().unwrap().get(&fh).map(|h| &**h),
-            Some(OpenFile::Base { .. })
-        )
-    }
-
     fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
         self.handles
             .lock()
@@ -820,7 +809,7 @@ impl Fs {
     /// Closes a handle. A handle that wrote is flushed again first (writes through a shared
     /// mapping can arrive after the last `flush`).
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        self.release_mode(fh);
+        self.forget_mode(fh);
         let open = self.handles.lock().unwrap().remove(&fh);
         if let Some(open) = open {
             if let OpenFile::Node { node, write, .. } = &*open {

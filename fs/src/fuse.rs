@@ -76,11 +76,8 @@ struct Backing {
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: Handle) -> Self {
-        Self::with_passthrough(fs, rt, true)
-    }
-
-    pub fn with_passthrough(fs: Arc<Fs>, rt: Handle, passthrough: bool) -> Self {
+    /// `passthrough`: offer the kernel staging files to read and write itself, if it can.
+    pub fn new(fs: Arc<Fs>, rt: Handle, passthrough: bool) -> Self {
         Self {
             fs,
             rt,
@@ -149,15 +146,6 @@ impl FuseAdapter {
 enum Opened<'a> {
     Flags(FopenFlags),
     Passthrough(std::sync::MutexGuard<'a, Backing>, u64),
-}
-
-impl Opened<'_> {
-    fn backing_id(&self) -> Option<&BackingId> {
-        match self {
-            Opened::Flags(_) => None,
-            Opened::Passthrough(b, ino) => Some(&b.by_ino[ino].0),
-        }
-    }
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -282,13 +270,10 @@ impl fuser::Filesystem for FuseAdapter {
             }
         };
         match self.open_mode(opened, access, |s| reply.open_backing(s)) {
-            Ok(o) => match o.backing_id() {
-                Some(id) => reply.opened_passthrough(FileHandle(opened), FopenFlags::empty(), id),
-                None => {
-                    let Opened::Flags(f) = o else { unreachable!() };
-                    reply.opened(FileHandle(opened), f)
-                }
-            },
+            Ok(Opened::Flags(f)) => reply.opened(FileHandle(opened), f),
+            Ok(Opened::Passthrough(b, ino)) => {
+                reply.opened_passthrough(FileHandle(opened), FopenFlags::empty(), &b.by_ino[&ino].0)
+            }
             Err(e) => {
                 log_failure("open", ino.0, &e);
                 reply.error(errno(&e))
@@ -683,20 +668,15 @@ impl fuser::Filesystem for FuseAdapter {
         let ttl = self.fs.config().ttl;
         let attr = to_fuse(&a);
         match self.open_mode(fh, Access::from_flags(flags), |s| reply.open_backing(s)) {
-            Ok(o) => match o.backing_id() {
-                Some(id) => reply.created_passthrough(
-                    &ttl,
-                    &attr,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                    id,
-                ),
-                None => {
-                    let Opened::Flags(f) = o else { unreachable!() };
-                    reply.created(&ttl, &attr, Generation(0), FileHandle(fh), f)
-                }
-            },
+            Ok(Opened::Flags(f)) => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), f),
+            Ok(Opened::Passthrough(b, ino)) => reply.created_passthrough(
+                &ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &b.by_ino[&ino].0,
+            ),
             Err(e) => {
                 log_failure("create", parent.0, &e);
                 reply.error(errno(&e))
@@ -731,7 +711,7 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let adapter = FuseAdapter::with_passthrough(fs, rt, options.passthrough);
+    let adapter = FuseAdapter::new(fs, rt, options.passthrough);
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
     // The kernel caps a FUSE mount's readahead at 128 KiB regardless of `max_readahead`;
     // raise it so sequential reads arrive as 1 MiB requests.

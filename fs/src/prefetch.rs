@@ -124,13 +124,14 @@ pub fn next_window(window: u64, sequential: bool, cap: u64) -> u64 {
 /// The block after the last one a handle should hold once a read has ended at `read_end`:
 /// `window` bytes ahead, within an object of `size` bytes.
 ///
-/// Once the window is at least a part, its end is rounded up to a whole part
-/// (`part_blocks` blocks, aligned from block 0). Without that, a reader advancing one block
+/// Once the window is at least a part (`part_size`), its end is rounded up to a whole part
+/// (aligned from block 0). Without that, a reader advancing one block
 /// would extend the window by one block and start a 1 MiB GET per read: each pays the full
 /// first-byte latency, and a handle's parts in flight carry an eighth of the bytes they could.
 /// With it, the window end stays put until the reader crosses a part boundary and then moves by
 /// a whole part, so steady-state prefetch is part-sized GETs.
-pub fn window_end(read_end: u64, window: u64, size: u64, part_blocks: u64, part_size: u64) -> u64 {
+pub fn window_end(read_end: u64, window: u64, size: u64, part_size: u64) -> u64 {
+    let part_blocks = (part_size / BLOCK_SIZE).max(1);
     let total = size.div_ceil(BLOCK_SIZE);
     let end = blocks_of(&(0..(read_end.saturating_add(window)).min(size))).end;
     let end = if window >= part_size && part_blocks > 1 {
@@ -609,13 +610,7 @@ impl PrefetchReader {
         // Prefetch: blocks after the demand, up to the window, that nobody holds yet.
         if sequential || range.start == 0 {
             let part_blocks = (self.config.part_size / BLOCK_SIZE).max(1);
-            let end_block = window_end(
-                range.end,
-                st.window,
-                size,
-                part_blocks,
-                self.config.part_size,
-            );
+            let end_block = window_end(range.end, st.window, size, self.config.part_size);
             let ahead: Vec<u64> = (demand.end..end_block)
                 .filter(|&b| !self.adopt(&reg, &mut st, b, &mut discard))
                 .collect();

@@ -150,6 +150,8 @@ impl Fs {
         io.handles.insert(fh, (ino, kind, pt_writer));
         drop(io);
         Ok(match kind {
+            // Only unchanged files keep the kernel's page cache across opens: their content
+            // cannot change under an inode.
             Kind::Cached => IoMode::Cached {
                 keep_cache: matches!(&*open, OpenFile::Base { .. }),
             },
@@ -187,9 +189,10 @@ impl Fs {
         io.handles.insert(fh, (ino, Kind::Cached, false));
     }
 
-    /// Forgets the mode of a handle being released; returns its node if it was a passthrough
-    /// handle (whose counts on the node are dropped here too).
-    fn forget_mode(&self, fh: u64) -> Option<Arc<FileNode>> {
+    /// Forgets the mode of a handle being released (call before it is removed), taking in the
+    /// last writes of a passthrough writer; returns its node if it was a passthrough handle
+    /// (whose counts on the node are dropped here too).
+    pub(super) fn forget_mode(&self, fh: u64) -> Option<Arc<FileNode>> {
         let (ino, kind, pt_writer) = {
             let mut io = self.io.lock().unwrap();
             let (ino, kind, pt_writer) = io.handles.remove(&fh)?;
@@ -224,21 +227,5 @@ impl Fs {
         }
         st.passthrough -= 1;
         Some(node.clone())
-    }
-
-    /// Whether `fh` writes through passthrough.
-    pub(super) fn writes_through(&self, fh: u64) -> bool {
-        self.io
-            .lock()
-            .unwrap()
-            .handles
-            .get(&fh)
-            .is_some_and(|&(_, _, w)| w)
-    }
-
-    /// Called when a handle is released, before it is removed: drops its mode, and takes in
-    /// the last writes of a passthrough writer.
-    pub(super) fn release_mode(&self, fh: u64) {
-        self.forget_mode(fh);
     }
 }

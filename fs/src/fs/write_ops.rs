@@ -213,9 +213,6 @@ impl Fs {
                 Some(wb),
             ) => {
                 let _g = node.lock_commit().await;
-                if self.writes_through(fh) {
-                    node.state().take_in_writes();
-                }
                 Ok(wb.flush_locked(node)?)
             }
             _ => Ok(()),
@@ -233,16 +230,7 @@ impl Fs {
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
         let open = self.handle(fh)?;
         match (&*open, &self.write) {
-            (OpenFile::Node { node, .. }, Some(wb)) => {
-                {
-                    let _g = node.lock_commit().await;
-                    let mut st = node.state();
-                    if st.passthrough_writers > 0 {
-                        st.take_in_writes();
-                    }
-                }
-                Ok(wb.fsync(node).await?)
-            }
+            (OpenFile::Node { node, .. }, Some(wb)) => Ok(wb.fsync(node).await?),
             _ => Ok(()),
         }
     }

@@ -96,7 +96,7 @@ proptest! {
     ) {
         let part_size = part_blocks * BLOCK_SIZE;
         let read_end = read_end.min(size);
-        let end = window_end(read_end, window, size, part_blocks, part_size);
+        let end = window_end(read_end, window, size, part_size);
         let total = size.div_ceil(BLOCK_SIZE);
         let plain = blocks_of(&(0..(read_end + window).min(size))).end;
         prop_assert!(end <= total);

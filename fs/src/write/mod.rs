@@ -250,6 +250,9 @@ impl FileState {
     /// stamped before), so a change is never missed even within one timestamp tick. On a filesystem
     /// that cannot store the sentinel exactly, every call counts as a change.
     pub fn take_in_writes(&mut self) -> bool {
+        if self.passthrough_writers == 0 {
+            return false; // every write came through the daemon
+        }
         let Some(staged) = self.staged.clone() else {
             return false;
         };
@@ -835,7 +838,9 @@ impl WriteBack {
     /// The durable part of [`Self::flush`]; the caller holds the node's commit lock.
     pub fn flush_locked(&self, node: &FileNode) -> Result<(), WriteBackError> {
         let (staged, record, version) = {
-            let st = node.state();
+            let mut st = node.state();
+            // What passthrough handles wrote, the daemon learns here.
+            st.take_in_writes();
             if st.unlinked || st.version == st.flushed || st.uploaded >= st.version {
                 return Ok(());
             }
@@ -1097,13 +1102,7 @@ impl WriteBack {
         }
         let part = self.config.part_size.max(size.div_ceil(MAX_PARTS)).max(1);
         let prepared = if size <= part {
-            let permit = self
-                .parts
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            let bytes = read_part(staged, 0..size).await?;
+            let (permit, bytes) = self.held_part(staged, 0..size).await?;
             Prepared::Single(bytes, permit)
         } else {
             let mut mp = self.source.start_multipart(key, Some(v.mtime_ms)).await?;
@@ -1114,6 +1113,22 @@ impl WriteBack {
             Prepared::Multipart(mp)
         };
         self.commit(node, v, prepared).await
+    }
+
+    /// Reads `range` of a staging file into memory under one of the mount's part permits, which
+    /// bound the part buffers in memory: keep the permit until the part is sent.
+    async fn held_part(
+        &self,
+        staged: &Arc<Staged>,
+        range: std::ops::Range<u64>,
+    ) -> io::Result<(tokio::sync::OwnedSemaphorePermit, Bytes)> {
+        let permit = self
+            .parts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        Ok((permit, read_part(staged, range).await?))
     }
 
     /// Sends `range` of the staging file as parts of `part` bytes, in parallel under the
@@ -1133,14 +1148,11 @@ impl WriteBack {
             if node.state().version != v.version {
                 break;
             }
-            let permit = self
-                .parts
-                .clone()
-                .acquire_owned()
+            let (permit, bytes) = match self
+                .held_part(&v.staged, start..range.end.min(start + part))
                 .await
-                .expect("never closed");
-            let bytes = match read_part(&v.staged, start..range.end.min(start + part)).await {
-                Ok(b) => b,
+            {
+                Ok(held) => held,
                 Err(e) => {
                     failed = Some(e.into());
                     break;
@@ -1176,9 +1188,7 @@ impl WriteBack {
             let mut st = node.state();
             // Writes the kernel made straight to the staging file since it was marked make
             // this version stale (and the bytes just sent possibly torn).
-            if st.passthrough_writers > 0 {
-                st.take_in_writes();
-            }
+            st.take_in_writes();
             !st.unlinked && st.version == version && st.key == key
         };
         if !current {

@@ -738,14 +738,9 @@ async fn run_model(ops: Vec<Op>) {
                 let Some(content) = model.get_mut(name) else {
                     continue;
                 };
-                let fh = match open.get(name) {
-                    Some(fh) => *fh,
-                    None => {
-                        let fh = rig.fs.open(rig.ino(name).unwrap(), true).unwrap();
-                        open.insert(name, fh);
-                        fh
-                    }
-                };
+                let fh = *open
+                    .entry(name)
+                    .or_insert_with(|| rig.fs.open(rig.ino(name).unwrap(), true).unwrap());
                 let data = vec![byte; len as usize];
                 rig.fs.write(fh, content.len() as u64, &data).await.unwrap();
                 content.extend_from_slice(&data);
@@ -755,14 +750,9 @@ async fn run_model(ops: Vec<Op>) {
                 let Some(content) = model.get_mut(name) else {
                     continue;
                 };
-                let fh = match open.get(name) {
-                    Some(fh) => *fh,
-                    None => {
-                        let fh = rig.fs.open(rig.ino(name).unwrap(), true).unwrap();
-                        open.insert(name, fh);
-                        fh
-                    }
-                };
+                let fh = *open
+                    .entry(name)
+                    .or_insert_with(|| rig.fs.open(rig.ino(name).unwrap(), true).unwrap());
                 let data = vec![byte; len as usize];
                 rig.fs.write(fh, u64::from(off), &data).await.unwrap();
                 let end = off as usize + data.len();
