@@ -280,6 +280,9 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     if let Some(s) = saver {
         s.abort();
     }
+    // Blocks fetched by the last reads are still being written to the disk cache; stopping the
+    // runtime would drop them, and the next mount would fetch them again.
+    rt.block_on(fs.settle(Duration::from_secs(10)));
     let outcome = fs.write_back().map(|wb| {
         finish_uploads(&rt, &fs, wb, lazy.load(Ordering::Acquire), &|s| {
             status::write(&status_file, &report("draining", Some(s.to_string())))

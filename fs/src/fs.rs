@@ -831,6 +831,15 @@ impl Fs {
         Ok(())
     }
 
+    /// Waits, at most `limit`, until readers' background work (disk-cache writes of fetched
+    /// blocks) is done: call after the kernel unmount, before the runtime stops.
+    pub async fn settle(&self, limit: Duration) {
+        let until = std::time::Instant::now() + limit;
+        while self.readers.busy() && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn open_handles(&self) -> usize {
         self.handles.lock().unwrap().len()
     }

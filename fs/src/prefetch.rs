@@ -308,6 +308,8 @@ impl Drop for Part {
 /// Makes prefetching readers. One per mount.
 pub struct Prefetcher {
     source: ObjectSource,
+    /// Part tasks running (fetching, or writing fetched blocks to the disk cache).
+    tasks: Arc<AtomicUsize>,
     pool: Arc<BlockPool>,
     requests: Arc<Semaphore>,
     registry: Arc<Registry>,
@@ -330,6 +332,7 @@ impl Prefetcher {
             requests: Arc::new(Semaphore::new(config.max_requests.max(1))),
             // Enough idle buffers to cover the parts that finish while their readers catch up.
             pool: BlockPool::new(POOL_BLOCKS),
+            tasks: Arc::default(),
             registry: Arc::default(),
             source,
             cache,
@@ -373,6 +376,7 @@ impl Prefetcher {
         .into();
         PrefetchReader {
             object,
+            tasks: self.tasks.clone(),
             pool: self.pool.clone(),
             ident,
             registry: self.registry.clone(),
@@ -397,6 +401,26 @@ impl ReaderFactory for Prefetcher {
     fn open(&self, object: PinnedObject) -> Box<dyn ObjectReader> {
         Box::new(self.reader(object))
     }
+
+    fn busy(&self) -> bool {
+        self.tasks.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Counts a running part task; dropped when the task ends or is aborted.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(tasks: &Arc<AtomicUsize>) -> Self {
+        tasks.fetch_add(1, Ordering::AcqRel);
+        Self(tasks.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct State {
@@ -411,6 +435,7 @@ struct State {
 /// The reader of one open handle.
 pub struct PrefetchReader {
     object: PinnedObject,
+    tasks: Arc<AtomicUsize>,
     pool: Arc<BlockPool>,
     /// Key and ETag: handles with the same identity share parts.
     ident: Arc<str>,
@@ -479,7 +504,9 @@ impl PrefetchReader {
             let metrics = self.source.metrics().clone();
             let requests = self.requests.clone();
             let pool = self.pool.clone();
+            let running = Running::start(&self.tasks);
             async move {
+                let _running = running;
                 // Delivers the blocks of `out` that are now there in order: a reader waiting
                 // for block i needs blocks up to i, not the whole part.
                 let deliver = |out: &[Option<Bytes>]| {

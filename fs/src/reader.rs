@@ -31,6 +31,13 @@ pub trait ObjectReader: Send + Sync {
 /// Makes a reader for each open handle.
 pub trait ReaderFactory: Send + Sync {
     fn open(&self, object: PinnedObject) -> Box<dyn ObjectReader>;
+
+    /// Whether work started on behalf of readers (a fetch, a disk-cache write) is still
+    /// running. The daemon waits for it at exit, so the blocks of the last reads reach the
+    /// disk cache.
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 /// One ranged GET per read, clamped to the object's size.
