@@ -5,6 +5,10 @@
 //! [`PreadEngine`] runs `pread`/`pwrite` on tokio's blocking pool. Both pass the same test
 //! suite (`engine_tests`). [`open_engine`] picks io_uring and falls back to pread, logging once,
 //! when the kernel or a sandbox refuses io_uring.
+//!
+//! Reads land in [`AlignedBuf`]s ([`ALIGN`]-aligned, read in whole multiples of [`ALIGN`]) so
+//! the cache can open its files with `O_DIRECT`: the disk then writes into the buffer that is
+//! handed to readers, with no page-cache copy in between.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -17,12 +21,202 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+/// Alignment of read buffers and of the reads themselves: what `O_DIRECT` asks of both on
+/// every common filesystem (4 KiB logical blocks at most).
+pub const ALIGN: usize = 4096;
+
+/// Rounds `n` up to a multiple of [`ALIGN`].
+pub fn align_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// A heap buffer aligned to [`ALIGN`] with a fixed capacity (a multiple of [`ALIGN`]).
+///
+/// Invariant: bytes `..len` are initialized; the rest of the capacity may not be. A buffer
+/// taken from a [`BufPool`] goes back to it when dropped (when the last `Bytes` made by
+/// [`AlignedBuf::freeze`] is dropped), so a recycled buffer is never visible through old bytes.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    /// 0 once the allocation has moved back to a pool.
+    cap: usize,
+    home: Option<Arc<BufPool>>,
+}
+
+// SAFETY: the buffer owns its allocation exclusively, like a `Vec<u8>`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads initialized bytes, like `&Vec<u8>`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// An empty buffer with room for at least `cap` bytes.
+    pub fn with_capacity(cap: usize) -> Self {
+        let cap = align_up(cap.max(1));
+        let layout = std::alloc::Layout::from_size_align(cap, ALIGN).expect("valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Self {
+            ptr,
+            len: 0,
+            cap,
+            home: None,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `data`; panics if it does not fit.
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        assert!(data.len() <= self.cap - self.len, "AlignedBuf overflow");
+        // SAFETY: the destination lies inside the allocation (checked above) and cannot overlap
+        // a borrowed `data`, which `&mut self` excludes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.ptr.as_ptr().add(self.len),
+                data.len(),
+            )
+        };
+        self.len += data.len();
+    }
+
+    /// Appends `n` zero bytes; panics if they do not fit.
+    pub fn zero_fill(&mut self, n: usize) {
+        assert!(n <= self.cap - self.len, "AlignedBuf overflow");
+        // SAFETY: inside the allocation, as checked.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(self.len), 0, n) };
+        self.len += n;
+    }
+
+    /// The spare capacity after `len`, for a read to fill.
+    fn spare_ptr(&mut self) -> *mut u8 {
+        // SAFETY: `len <= cap`, so the pointer stays inside (or one past) the allocation.
+        unsafe { self.ptr.as_ptr().add(self.len) }
+    }
+
+    /// Marks `n` more bytes as initialized.
+    ///
+    /// # Safety
+    /// The `n` bytes after `len` must have been written (by a completed read).
+    unsafe fn advance(&mut self, n: usize) {
+        debug_assert!(self.len + n <= self.cap);
+        self.len += n;
+    }
+
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `..len` is initialized (the type's invariant) and owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Some(pool) = self.home.take() {
+            let mut free = pool.free.lock().unwrap();
+            if free.len() < pool.keep && self.cap == pool.size {
+                free.push(AlignedBuf {
+                    ptr: self.ptr,
+                    len: 0,
+                    cap: std::mem::replace(&mut self.cap, 0),
+                    home: None,
+                });
+                return;
+            }
+        }
+        if self.cap == 0 {
+            return;
+        }
+        let layout = std::alloc::Layout::from_size_align(self.cap, ALIGN).expect("valid layout");
+        // SAFETY: allocated in `with_capacity` with this very layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
+
+/// Recycled read buffers of one size (a whole block file), so that reads neither page-fault
+/// fresh mappings nor fragment the heap. Keeps at most `keep` idle buffers.
+#[derive(Debug)]
+pub struct BufPool {
+    size: usize,
+    keep: usize,
+    free: std::sync::Mutex<Vec<AlignedBuf>>,
+}
+
+impl BufPool {
+    /// A pool of buffers of `size` bytes (rounded up to [`ALIGN`]).
+    pub fn new(size: usize, keep: usize) -> Arc<Self> {
+        Arc::new(Self {
+            size: align_up(size),
+            keep,
+            free: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// An empty buffer with room for `len` bytes: a pooled one when `len` is close to the
+    /// pool's size (a small file does not pin a large buffer), else a fresh one.
+    pub fn take(self: &Arc<Self>, len: usize) -> AlignedBuf {
+        if len > self.size || len <= self.size / 2 {
+            return AlignedBuf::with_capacity(len);
+        }
+        let recycled = self.free.lock().unwrap().pop();
+        let mut buf = recycled.unwrap_or_else(|| AlignedBuf::with_capacity(self.size));
+        buf.home = Some(self.clone());
+        buf
+    }
+
+    /// Idle buffers held now.
+    pub fn idle(&self) -> usize {
+        self.free.lock().unwrap().len()
+    }
+}
+
 /// Moves bytes between memory and files.
 #[async_trait::async_trait]
 pub trait IoEngine: std::fmt::Debug + Send + Sync {
     fn name(&self) -> &'static str;
-    /// Reads up to `len` bytes at `offset`; fewer only at end of file.
-    async fn read_at(&self, file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Reads up to `len` bytes at `offset` (a multiple of [`ALIGN`]) into `buf` (empty, with
+    /// room for `len`); fewer only at end of file. Each read asks for a whole number of
+    /// [`ALIGN`] blocks, so `O_DIRECT` files work.
+    async fn read_at(
+        &self,
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+        buf: AlignedBuf,
+    ) -> io::Result<Bytes>;
     /// Writes all of `data` at `offset`.
     async fn write_at(&self, file: Arc<File>, offset: u64, data: Bytes) -> io::Result<()>;
 }
@@ -66,20 +260,48 @@ impl IoEngine for PreadEngine {
         "pread"
     }
 
-    async fn read_at(&self, file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    async fn read_at(
+        &self,
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+        mut buf: AlignedBuf,
+    ) -> io::Result<Bytes> {
+        assert!(
+            buf.is_empty() && buf.capacity() >= len,
+            "read buffer too small"
+        );
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            let mut done = 0;
-            while done < len {
-                match file.read_at(&mut buf[done..], offset + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+            while buf.len() < len {
+                let want = align_up(len - buf.len());
+                // SAFETY: at most `cap - len` bytes are written after `len`, inside the
+                // allocation; the descriptor is owned by `file`.
+                let n = unsafe {
+                    libc::pread(
+                        file.as_raw_fd(),
+                        buf.spare_ptr().cast(),
+                        want.min(buf.capacity() - buf.len()),
+                        (offset + buf.len() as u64) as libc::off_t,
+                    )
+                };
+                match n {
+                    0 => break,
+                    // SAFETY: pread wrote `n` bytes after `len`.
+                    n if n > 0 => unsafe { buf.advance(n as usize) },
+                    _ => {
+                        let e = io::Error::last_os_error();
+                        match e.raw_os_error() {
+                            Some(libc::EINTR) => {}
+                            // An `O_DIRECT` file after a short read (its end): the next offset
+                            // is not aligned, which is the end of the file too.
+                            Some(libc::EINVAL) if !buf.len().is_multiple_of(ALIGN) => break,
+                            _ => return Err(e),
+                        }
+                    }
                 }
             }
-            buf.truncate(done);
-            Ok(buf)
+            let got = buf.len().min(len);
+            Ok(buf.freeze().slice(..got))
         })
         .await
         .map_err(join_error)?
@@ -99,8 +321,10 @@ enum Request {
     Read {
         file: Arc<File>,
         offset: u64,
-        buf: Vec<u8>,
-        reply: oneshot::Sender<io::Result<Vec<u8>>>,
+        /// Bytes wanted; the buffer has room for them rounded up to ALIGN.
+        len: usize,
+        buf: AlignedBuf,
+        reply: oneshot::Sender<io::Result<Bytes>>,
     },
     Write {
         file: Arc<File>,
@@ -112,22 +336,40 @@ enum Request {
 
 /// An io_uring owned by one thread; requests arrive over a channel.
 ///
+/// While requests are in flight the thread sleeps in the ring, which also holds a read of an
+/// eventfd that every new request writes: a request arriving then is submitted at once instead
+/// of waiting for the next completion (with 1 ms disk reads, that wait halved the queue depth).
+///
 /// Invariant: a request's file and buffer stay owned by the thread's in-flight table from
 /// submission until its completion is reaped, so the kernel never sees freed memory.
 #[derive(Debug)]
 pub struct UringEngine {
     tx: std::sync::Mutex<mpsc::Sender<Request>>,
+    wake: Arc<std::os::fd::OwnedFd>,
 }
+
+/// `user_data` of the eventfd read; request slots count up from 0.
+const WAKE: u64 = u64::MAX;
 
 impl UringEngine {
     pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
         let ring = io_uring::IoUring::new(RING_ENTRIES)?;
+        // SAFETY: eventfd has no memory arguments; the descriptor is checked, then owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let wake = Arc::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
         let (tx, rx) = mpsc::channel();
+        let thread_wake = wake.clone();
         std::thread::Builder::new()
             .name("pai-mount-uring".into())
-            .spawn(move || uring_loop(ring, rx))?;
+            .spawn(move || uring_loop(ring, rx, thread_wake))?;
         Ok(Self {
             tx: std::sync::Mutex::new(tx),
+            wake,
         })
     }
 
@@ -136,16 +378,30 @@ impl UringEngine {
             .lock()
             .unwrap()
             .send(r)
-            .map_err(|_| io::Error::other("io_uring thread has stopped"))
+            .map_err(|_| io::Error::other("io_uring thread has stopped"))?;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local to a descriptor we own. A failure (counter
+        // overflow, impossible in practice) only delays the request to the next completion.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        Ok(())
     }
 }
 
-fn uring_loop(mut ring: io_uring::IoUring, rx: mpsc::Receiver<Request>) {
+fn uring_loop(
+    mut ring: io_uring::IoUring,
+    rx: mpsc::Receiver<Request>,
+    wake: Arc<std::os::fd::OwnedFd>,
+) {
     use io_uring::{opcode, types};
     let mut inflight: Vec<Option<Request>> = Vec::new();
     let mut free: VecDeque<usize> = VecDeque::new();
     let mut active = 0usize;
     let mut closed = false;
+    // The eventfd read's target. Leaked (8 bytes per engine): the ring may still hold the read
+    // when this thread returns, so the memory must outlive the ring's teardown.
+    let wake_buf: &'static mut u64 = Box::leak(Box::new(0u64));
+    let wake_ptr: *mut u8 = (wake_buf as *mut u64).cast();
+    let mut armed = false;
     loop {
         // Take new requests: block only when nothing is in flight.
         loop {
@@ -170,11 +426,15 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: mpsc::Receiver<Request>) {
             });
             let entry = match &mut req {
                 Request::Read {
-                    file, offset, buf, ..
+                    file,
+                    offset,
+                    buf,
+                    len,
+                    ..
                 } => opcode::Read::new(
                     types::Fd(file.as_raw_fd()),
-                    buf.as_mut_ptr(),
-                    buf.len() as u32,
+                    buf.spare_ptr(),
+                    align_up(*len).min(buf.capacity()) as u32,
                 )
                 .offset(*offset)
                 .build(),
@@ -191,8 +451,8 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: mpsc::Receiver<Request>) {
             .user_data(slot as u64);
             inflight[slot] = Some(req);
             // SAFETY: the entry points into `inflight[slot]`'s file and buffer, which stay in the
-            // table (not moved: `Vec<u8>`/`Bytes` heap storage is stable) until the completion
-            // for `slot` is reaped below.
+            // table (not moved: `AlignedBuf`/`Bytes` heap storage is stable) until the completion
+            // for `slot` is reaped below. A read's buffer is empty, so its whole capacity is free.
             let pushed = unsafe { ring.submission().push(&entry) };
             if pushed.is_err() {
                 fail(
@@ -210,6 +470,13 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: mpsc::Receiver<Request>) {
             }
             continue;
         }
+        if !armed && !closed {
+            let entry = opcode::Read::new(types::Fd(wake.as_raw_fd()), wake_ptr, 8)
+                .build()
+                .user_data(WAKE);
+            // SAFETY: the target is the leaked 8-byte buffer, valid for the process's life.
+            armed = unsafe { ring.submission().push(&entry) }.is_ok();
+        }
         if let Err(e) = ring.submit_and_wait(1) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -221,16 +488,27 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: mpsc::Receiver<Request>) {
             .map(|c| (c.user_data(), c.result()))
             .collect();
         for (slot, res) in done {
+            if slot == WAKE {
+                armed = false; // new requests are waiting in the channel
+                continue;
+            }
             let slot = slot as usize;
             active -= 1;
             free.push_back(slot);
             match inflight[slot].take() {
-                Some(Request::Read { mut buf, reply, .. }) => {
+                Some(Request::Read {
+                    mut buf,
+                    len,
+                    reply,
+                    ..
+                }) => {
                     let r = if res < 0 {
                         Err(io::Error::from_raw_os_error(-res))
                     } else {
-                        buf.truncate(res as usize);
-                        Ok(buf)
+                        // SAFETY: the kernel wrote `res` bytes into the buffer's spare capacity.
+                        unsafe { buf.advance(res as usize) };
+                        let got = buf.len().min(len);
+                        Ok(buf.freeze().slice(..got))
                     };
                     let _ = reply.send(r);
                 }
@@ -269,15 +547,27 @@ impl IoEngine for UringEngine {
         "io_uring"
     }
 
-    async fn read_at(&self, file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    async fn read_at(
+        &self,
+        file: Arc<File>,
+        offset: u64,
+        len: usize,
+        buf: AlignedBuf,
+    ) -> io::Result<Bytes> {
+        assert!(
+            buf.is_empty() && buf.capacity() >= len,
+            "read buffer too small"
+        );
         let (reply, rx) = oneshot::channel();
         self.send(Request::Read {
             file,
             offset,
-            buf: vec![0u8; len],
+            len,
+            buf,
             reply,
         })?;
-        // A read of a regular file is short only at end of file; callers check lengths anyway.
+        // One read: a read of a regular file is short only at end of file (callers check
+        // lengths anyway).
         rx.await
             .map_err(|_| io::Error::other("io_uring thread dropped a request"))?
     }
@@ -323,16 +613,22 @@ mod engine_tests {
             .write_at(file.clone(), 300_000, Bytes::from_static(b"tail"))
             .await
             .unwrap();
-        let got = engine.read_at(file.clone(), 1000, 5000).await.unwrap();
+        let got = engine
+            .read_at(file.clone(), 1000, 5000, AlignedBuf::with_capacity(5000))
+            .await
+            .unwrap();
         assert_eq!(&got[..], &data[1000..6000]);
-        let got = engine.read_at(file.clone(), 299_998, 100).await.unwrap();
+        let got = engine
+            .read_at(file.clone(), 299_998, 100, AlignedBuf::with_capacity(100))
+            .await
+            .unwrap();
         assert_eq!(
             &got[..],
             &[data[299_998], data[299_999], b't', b'a', b'i', b'l'],
             "short at EOF"
         );
         assert!(engine
-            .read_at(file.clone(), 400_000, 10)
+            .read_at(file.clone(), 400_000, 10, AlignedBuf::with_capacity(10))
             .await
             .unwrap()
             .is_empty());
@@ -341,15 +637,80 @@ mod engine_tests {
         for i in 0..64u64 {
             let (e, f) = (engine.clone(), file.clone());
             tasks.push(tokio::spawn(async move {
-                e.read_at(f, i * 1000, 1000).await.unwrap()
+                e.read_at(f, i * 1000, 1000, AlignedBuf::with_capacity(1000))
+                    .await
+                    .unwrap()
             }));
         }
         for (i, t) in tasks.into_iter().enumerate() {
             assert_eq!(&t.await.unwrap()[..], &data[i * 1000..(i + 1) * 1000]);
         }
+        // O_DIRECT: aligned buffers and whole aligned reads, short only at the end.
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        {
+            Ok(direct) => {
+                let direct = Arc::new(direct);
+                let got = engine
+                    .read_at(
+                        direct.clone(),
+                        0,
+                        300_004,
+                        AlignedBuf::with_capacity(300_004),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(&got[..300_000], &data[..]);
+                assert_eq!(&got[300_000..], b"tail");
+                let got = engine
+                    .read_at(direct.clone(), 8192, 5000, AlignedBuf::with_capacity(5000))
+                    .await
+                    .unwrap();
+                assert_eq!(&got[..], &data[8192..13_192]);
+                let got = engine
+                    .read_at(direct, 299_008, 8192, AlignedBuf::with_capacity(8192))
+                    .await
+                    .unwrap();
+                assert_eq!(got.len(), 996, "short at EOF");
+            }
+            Err(e) => eprintln!("O_DIRECT unsupported here ({e}); buffered reads covered above"),
+        }
         // Reading a file opened write-only is an error, not a hang.
         let wo = Arc::new(std::fs::OpenOptions::new().write(true).open(&path).unwrap());
-        assert!(engine.read_at(wo, 0, 10).await.is_err());
+        assert!(engine
+            .read_at(wo, 0, 10, AlignedBuf::with_capacity(10))
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn pooled_buffers_return_after_their_last_bytes_and_the_pool_is_bounded() {
+        let pool = BufPool::new(10_000, 2);
+        assert_eq!(
+            pool.take(100).capacity(),
+            ALIGN,
+            "small reads get a small buffer"
+        );
+        let mut a = pool.take(9_000);
+        assert_eq!(a.capacity(), align_up(10_000));
+        a.extend_from_slice(b"hello");
+        let bytes = a.freeze();
+        let slice = bytes.slice(1..3);
+        drop(bytes);
+        assert_eq!(pool.idle(), 0, "a slice still refers to the buffer");
+        assert_eq!(&slice[..], b"el");
+        drop(slice);
+        assert_eq!(pool.idle(), 1);
+        let b = pool.take(9_000);
+        assert!(b.is_empty(), "recycled buffers come back empty");
+        assert_eq!(pool.idle(), 0);
+        drop(b);
+        let many: Vec<Bytes> = (0..4).map(|_| pool.take(9_000).freeze()).collect();
+        drop(many);
+        assert_eq!(pool.idle(), 2, "at most `keep` idle buffers");
     }
 
     #[tokio::test]

@@ -9,13 +9,21 @@
 //! A block's identity is (source root, key, ETag, block index): a new version of an object has
 //! a new ETag, so it never reads an old version's blocks.
 //!
-//! ## Block file format, version 1
+//! ## Block file format, version 2
 //! ```text
 //! magic "PAIBLOCK" | version u32 | payload_len u32 | crc32(identity ++ payload) u32
-//! | identity_len u32 | identity bytes | payload
+//! | identity_len u32 | identity bytes | zeros up to a multiple of 4 KiB
+//! | payload | zeros up to a multiple of 4 KiB
 //! ```
-//! A file with a bad magic, unknown version, wrong length, wrong identity or wrong checksum is a
-//! miss: it is deleted and counted in `cache.disk_corrupt`. Wrong bytes are never served.
+//! The payload starts and the file ends on a 4 KiB boundary, so blocks are written and read
+//! with `O_DIRECT`: the disk moves bytes straight to and from the buffers readers get, without a
+//! second copy of the cache in the page cache (and without evicting the page cache of the files
+//! being read through the mount). Filesystems that refuse `O_DIRECT` get buffered I/O (logged
+//! once). Version 1 files (the same header, unpadded) are still read.
+//!
+//! A file with a bad magic, unknown version, wrong length, wrong identity, non-zero padding or
+//! wrong checksum is a miss: it is deleted and counted in `cache.disk_corrupt`. Wrong bytes are
+//! never served.
 //!
 //! ## Bounds
 //! - `max_bytes`: least-recently-used blocks are deleted to stay under it (an `lru` index in
@@ -39,6 +47,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use engine::{align_up, AlignedBuf, BufPool};
 pub use engine::{open_engine, EngineKind, IoEngine};
 
 use crate::metrics::Metrics;
@@ -47,8 +56,10 @@ use crate::metrics::Metrics;
 /// enough that a random 4 KiB read does not fetch much more than it needs.
 pub const BLOCK_SIZE: u64 = 1 << 20;
 const MAGIC: &[u8; 8] = b"PAIBLOCK";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const FIXED_HEADER: usize = 8 + 4 + 4 + 4 + 4;
+/// Idle read buffers kept for reuse (64 MiB at most).
+const READ_POOL_BUFFERS: usize = 64;
 /// Tries to take the directory lock, 50 ms apart.
 const LOCK_ATTEMPTS: u32 = 20;
 /// How long a full cache waits before checking free space again.
@@ -112,6 +123,10 @@ pub struct DiskCache {
     _lock: File,
     metrics: Arc<Metrics>,
     tmp_seq: AtomicU64,
+    /// Whether block files are opened with `O_DIRECT` (until the filesystem refuses it).
+    direct: AtomicBool,
+    /// Buffers for whole block files (a 1 MiB payload behind a 4 KiB header).
+    read_pool: Arc<BufPool>,
 }
 
 fn io_err(dir: &Path) -> impl Fn(io::Error) -> CacheError + '_ {
@@ -179,6 +194,8 @@ impl DiskCache {
             _lock: lock,
             metrics,
             tmp_seq: AtomicU64::new(0),
+            direct: AtomicBool::new(true),
+            read_pool: BufPool::new(BLOCK_SIZE as usize + engine::ALIGN, READ_POOL_BUFFERS),
         };
         cache.scan().map_err(&err)?;
         tracing::info!(
@@ -254,15 +271,9 @@ impl DiskCache {
             return None;
         }
         let path = self.path(&name);
-        let verdict = match File::open(&path) {
-            Ok(f) => {
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0) as usize;
-                match self.engine.read_at(Arc::new(f), 0, len).await {
-                    Ok(buf) => decode(buf, &identity),
-                    Err(e) => Err(format!("read failed: {e}")),
-                }
-            }
-            Err(e) => Err(format!("open failed: {e}")),
+        let verdict = match self.read_file(&path).await {
+            Ok(buf) => decode(buf, &identity),
+            Err(e) => Err(format!("read failed: {e}")),
         };
         match verdict {
             Ok(payload) => {
@@ -276,6 +287,42 @@ impl DiskCache {
                 self.remove(&name);
                 None
             }
+        }
+    }
+
+    /// Opens a block file with `O_DIRECT` while the filesystem accepts it, else buffered.
+    fn open_block(&self, path: &Path, options: &mut std::fs::OpenOptions) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.direct.load(Ordering::Relaxed) {
+            match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct(&e),
+                other => return other,
+            }
+        }
+        options.open(path)
+    }
+
+    fn no_direct(&self, e: &io::Error) {
+        if self.direct.swap(false, Ordering::Relaxed) {
+            tracing::info!(dir = %self.dir.display(), "the cache's filesystem refuses O_DIRECT ({e}); block files use buffered I/O");
+        }
+    }
+
+    /// The whole block file at `path`.
+    async fn read_file(&self, path: &Path) -> io::Result<Bytes> {
+        let direct = self.direct.load(Ordering::Relaxed);
+        let f = self.open_block(path, std::fs::OpenOptions::new().read(true))?;
+        let len = f.metadata()?.len() as usize;
+        let buf = self.read_pool.take(len);
+        match self.engine.read_at(Arc::new(f), 0, len, buf).await {
+            // Opened but refused at the first aligned read (some FUSE and network filesystems).
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                self.no_direct(&e);
+                let f = std::fs::File::open(path)?;
+                let buf = self.read_pool.take(len);
+                self.engine.read_at(Arc::new(f), 0, len, buf).await
+            }
+            other => other,
         }
     }
 
@@ -336,7 +383,8 @@ impl DiskCache {
         if self.index.lock().unwrap().contains(&name) {
             return;
         }
-        let file_len = (FIXED_HEADER + identity.len() + payload.len()) as u64;
+        let encoded = encode(&identity, &payload);
+        let file_len = encoded.len() as u64;
         if file_len > self.config.max_bytes || !self.has_room(file_len) {
             Metrics::add(&self.metrics.disk_skipped, 1);
             return;
@@ -355,15 +403,11 @@ impl DiskCache {
                     .mode(0o700)
                     .create(parent)?;
             }
-            let f = Arc::new(
-                std::fs::OpenOptions::new()
-                    .create_new(true)
-                    .write(true)
-                    .open(&tmp)?,
-            );
-            self.engine
-                .write_at(f, 0, encode(&identity, &payload))
-                .await?;
+            let f = Arc::new(self.open_block(
+                &tmp,
+                std::fs::OpenOptions::new().create_new(true).write(true),
+            )?);
+            self.engine.write_at(f, 0, encoded).await?;
             std::fs::rename(&tmp, &path)
         }
         .await;
@@ -388,50 +432,69 @@ impl DiskCache {
     }
 }
 
+/// Where the payload starts in a version 2 file.
+fn payload_offset(identity_len: usize) -> usize {
+    align_up(FIXED_HEADER + identity_len)
+}
+
+/// A version 2 block file: header, padding, payload, padding, in one aligned buffer.
 fn encode(identity: &[u8], payload: &[u8]) -> Bytes {
     let mut crc = crc32fast::Hasher::new();
     crc.update(identity);
     crc.update(payload);
-    let mut out = Vec::with_capacity(FIXED_HEADER + identity.len() + payload.len());
+    let start = payload_offset(identity.len());
+    let mut out = AlignedBuf::with_capacity(start + align_up(payload.len()));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&(identity.len() as u32).to_le_bytes());
     out.extend_from_slice(identity);
+    out.zero_fill(start - out.len());
     out.extend_from_slice(payload);
-    out.into()
+    out.zero_fill(out.capacity() - out.len());
+    out.freeze()
 }
 
-fn decode(buf: Vec<u8>, identity: &[u8]) -> Result<Bytes, String> {
+/// The payload of a block file, checked against `identity`; a slice of `buf`, not a copy.
+fn decode(buf: Bytes, identity: &[u8]) -> Result<Bytes, String> {
     if buf.len() < FIXED_HEADER || &buf[..8] != MAGIC {
         return Err("bad magic or truncated header".into());
     }
     let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().unwrap());
     let version = word(8);
-    if version != VERSION {
-        return Err(format!("unknown block format version {version}"));
-    }
     let (payload_len, crc, id_len) = (word(12) as usize, word(16), word(20) as usize);
-    if buf.len() != FIXED_HEADER + id_len + payload_len {
+    let id_end = FIXED_HEADER + id_len;
+    let (start, expected_len) = match version {
+        1 => (id_end, id_end + payload_len),
+        2 => {
+            let start = payload_offset(id_len);
+            (start, start + align_up(payload_len))
+        }
+        v => return Err(format!("unknown block format version {v}")),
+    };
+    if buf.len() != expected_len {
         return Err(format!(
-            "length {} does not match the header ({} + {id_len} + {payload_len})",
+            "length {} does not match the header (version {version}: {expected_len} for {id_len} + {payload_len})",
             buf.len(),
-            FIXED_HEADER
         ));
     }
-    let id = &buf[FIXED_HEADER..FIXED_HEADER + id_len];
-    if id != identity {
+    if &buf[FIXED_HEADER..id_end] != identity {
         return Err("belongs to another block (name collision)".into());
     }
-    let payload = &buf[FIXED_HEADER + id_len..];
+    let end = start + payload_len;
+    let padding_is_zero =
+        buf[id_end..start].iter().all(|&b| b == 0) && buf[end..].iter().all(|&b| b == 0);
+    if !padding_is_zero {
+        return Err("non-zero padding".into());
+    }
     let mut h = crc32fast::Hasher::new();
-    h.update(id);
-    h.update(payload);
+    h.update(identity);
+    h.update(&buf[start..end]);
     if h.finalize() != crc {
         return Err("checksum mismatch".into());
     }
-    Ok(Bytes::from(buf).slice(FIXED_HEADER + id_len..))
+    Ok(buf.slice(start..end))
 }
 
 /// Bytes available to unprivileged users on the filesystem holding `dir`.
