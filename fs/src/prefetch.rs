@@ -17,8 +17,9 @@
 //! - **Random access.** A read that is not sequential drops the window (releasing its budget)
 //!   and fetches only its own range, rounded out to [`PrefetchConfig::random_granule`]
 //!   (or serves it from the disk cache when its block is there).
-//! - **Disk tier.** Before a GET, each block is looked up in the disk cache; fetched blocks are
-//!   written to it after readers have them.
+//! - **Disk tier.** Before a GET, each block is looked up in the disk cache (all blocks of a
+//!   part at once, each delivered as soon as it and the blocks before it are read); only the
+//!   missing runs are fetched. Fetched blocks are written to it after readers have them.
 //!
 //! ## Request cap
 //! Every GET, demand or prefetch, first takes one of [`PrefetchConfig::max_requests`] permits
@@ -522,15 +523,20 @@ impl PrefetchReader {
                 };
                 let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
                 if let Some(cache) = &cache {
-                    // All blocks of the part at once: the engine overlaps their disk reads.
-                    out = futures::future::join_all(ids.iter().map(|id| async {
-                        match id {
-                            Some(id) => cache.get(id).await,
-                            None => None,
+                    // All blocks of the part at once: the engine overlaps their disk reads, and
+                    // each block is delivered as soon as it and the ones before it are read.
+                    let mut reads: futures::stream::FuturesUnordered<_> = ids
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, id)| id.as_ref().map(|id| (i, id)))
+                        .map(|(i, id)| async move { (i, cache.get(id).await) })
+                        .collect();
+                    while let Some((i, block)) = futures::StreamExt::next(&mut reads).await {
+                        if block.is_some() {
+                            out[i] = block;
+                            deliver(&out);
                         }
-                    }))
-                    .await;
-                    deliver(&out);
+                    }
                 }
                 let missing: Vec<u64> = blocks
                     .clone()

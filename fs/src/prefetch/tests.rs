@@ -288,6 +288,56 @@ async fn a_second_pass_reads_from_the_disk_cache() {
 }
 
 #[tokio::test]
+async fn a_part_with_some_blocks_cached_reads_them_and_fetches_only_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Arc::new(
+        DiskCache::open(
+            CacheConfig {
+                dir: tmp.path().into(),
+                max_bytes: 1 << 30,
+                min_free_bytes: 0,
+                engine: EngineKind::Auto,
+            },
+            Arc::new(Metrics::default()),
+        )
+        .unwrap(),
+    );
+    let (p, obj, bytes, m) = setup(
+        6 * MIB as usize + 77,
+        PrefetchConfig::default(),
+        Some(cache),
+    )
+    .await;
+    p.warm(obj.clone()).await.unwrap();
+    // Lose two block files (every other one of the first four, as eviction might).
+    let mut files: Vec<_> = walkdir(&tmp.path().join("blocks"));
+    files.sort_by_key(|f| std::fs::metadata(f).unwrap().modified().unwrap());
+    std::fs::remove_file(&files[0]).unwrap();
+    std::fs::remove_file(&files[2]).unwrap();
+    let gets = m.get_requests.load(Ordering::Relaxed);
+    let r = p.open(obj);
+    read_through(r.as_ref(), &bytes, 1 << 20).await;
+    let more = m.get_requests.load(Ordering::Relaxed) - gets;
+    assert!(
+        (1..=2).contains(&more),
+        "only the lost blocks are fetched ({more} GETs)"
+    );
+}
+
+fn walkdir(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
 async fn a_changed_object_fails_the_read() {
     let (p, obj, _, _) = setup(3 * MIB as usize, PrefetchConfig::default(), None).await;
     let stale = PinnedObject {
