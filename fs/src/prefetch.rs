@@ -244,7 +244,7 @@ struct Part {
     metrics: Arc<Metrics>,
     /// Blocks are readable as soon as each one has arrived, not when the whole part has.
     progress: tokio::sync::watch::Receiver<Progress>,
-    /// Set once every block is delivered or the fetch failed.
+    /// Set once the fetch ended (every block delivered, or an error), before cache writes.
     fetched: Arc<AtomicBool>,
     abort: tokio::task::AbortHandle,
     _held: Option<Arc<Held>>,
@@ -298,9 +298,13 @@ impl Drop for Part {
         self.metrics
             .parts_live
             .fetch_sub(self.live.swap(0, Ordering::AcqRel), Ordering::Relaxed);
-        // An unconsumed fetch that is still running is wasted work: stop it. A finished one may
-        // still be writing to the disk cache; let it finish.
-        if !self.fetched.load(Ordering::Acquire) {
+        // An unconsumed fetch that is still running is wasted work: stop it. One that delivered
+        // every block may still be finishing its request or writing to the disk cache; let it
+        // finish (a reader can take the last block and close the file before the task notices
+        // its request ended, and aborting then lost the part's cache writes).
+        let total = (self.blocks.end - self.blocks.start) as usize;
+        let all_delivered = self.progress.borrow().blocks.len() == total;
+        if !all_delivered && !self.fetched.load(Ordering::Acquire) {
             self.abort.abort();
         }
     }
