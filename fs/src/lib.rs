@@ -18,8 +18,10 @@
 //! - [`framing`]: the versioned, checksummed framing of small JSON documents (journal records,
 //!   the loader's tar index).
 //! - [`metrics`]: every metric name and counter.
+//! - `dirlock`: one daemon per cache or staging directory (a briefly retried `flock`).
 
 pub mod cache;
+mod dirlock;
 pub mod error;
 pub mod framing;
 pub mod fs;

@@ -6,9 +6,9 @@
 //! suite (`engine_tests`). [`open_engine`] picks io_uring and falls back to pread, logging once,
 //! when the kernel or a sandbox refuses io_uring.
 //!
-//! Reads land in [`AlignedBuf`]s ([`ALIGN`]-aligned, read in whole multiples of [`ALIGN`]) so
-//! the cache can open its files with `O_DIRECT`: the disk then writes into the buffer that is
-//! handed to readers, with no page-cache copy in between.
+//! Reads land in [`AlignedBuf`]s ([`ALIGN`]-aligned, read in whole multiples of [`ALIGN`]), and
+//! the cache writes aligned buffers, so both work on files opened with `O_DIRECT` (the cache
+//! writes its block files that way).
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -15,11 +15,12 @@
 //! | identity_len u32 | identity bytes | zeros up to a multiple of 4 KiB
 //! | payload | zeros up to a multiple of 4 KiB
 //! ```
-//! The payload starts and the file ends on a 4 KiB boundary, so blocks are written and read
-//! with `O_DIRECT`: the disk moves bytes straight to and from the buffers readers get, without a
-//! second copy of the cache in the page cache (and without evicting the page cache of the files
-//! being read through the mount). Filesystems that refuse `O_DIRECT` get buffered I/O (logged
-//! once). Version 1 files (the same header, unpadded) are still read.
+//! The payload starts and the file ends on a 4 KiB boundary, so blocks are written with
+//! `O_DIRECT`: filling the cache during a cold read leaves no dirty page cache behind (a 1 GiB
+//! read used to leave 1 GB of dirty pages to write back, competing with the reader for memory).
+//! Filesystems that refuse `O_DIRECT` get buffered writes (logged once). Blocks are read
+//! buffered, which lets the kernel's readahead work; version 1 files (the same header,
+//! unpadded) are still read.
 //!
 //! A file with a bad magic, unknown version, wrong length, wrong identity, non-zero padding or
 //! wrong checksum is a miss: it is deleted and counted in `cache.disk_corrupt`. Wrong bytes are
@@ -37,7 +38,6 @@ pub mod engine;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,8 +60,6 @@ const VERSION: u32 = 2;
 const FIXED_HEADER: usize = 8 + 4 + 4 + 4 + 4;
 /// Idle read buffers kept for reuse (64 MiB at most).
 const READ_POOL_BUFFERS: usize = 64;
-/// Tries to take the directory lock, 50 ms apart.
-const LOCK_ATTEMPTS: u32 = 20;
 /// How long a full cache waits before checking free space again.
 pub const FULL_RECHECK: Duration = Duration::from_secs(5);
 
@@ -123,7 +121,7 @@ pub struct DiskCache {
     _lock: File,
     metrics: Arc<Metrics>,
     tmp_seq: AtomicU64,
-    /// Whether block files are opened with `O_DIRECT` (until the filesystem refuses it).
+    /// Whether block files are written with `O_DIRECT` (until the filesystem refuses it).
     direct: AtomicBool,
     /// Buffers for whole block files (a 1 MiB payload behind a 4 KiB header).
     read_pool: Arc<BufPool>,
@@ -154,17 +152,7 @@ impl DiskCache {
             .write(true)
             .open(dir.join("lock"))
             .map_err(&err)?;
-        // A daemon that is still exiting, or a fork between another thread's fork and exec,
-        // can hold the lock for a moment: retry briefly before calling the directory taken.
-        let locked = (0..LOCK_ATTEMPTS).all(|attempt| {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            let held = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
-            if held && attempt + 1 < LOCK_ATTEMPTS {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            held
-        });
-        if locked {
+        if !crate::dirlock::lock_exclusive(&lock) {
             let holder = std::fs::read_to_string(dir.join("lock"))
                 .ok()
                 .map(|s| format!("pid {}", s.trim()))
@@ -290,7 +278,8 @@ impl DiskCache {
         }
     }
 
-    /// Opens a block file with `O_DIRECT` while the filesystem accepts it, else buffered.
+    /// Opens a block file for writing with `O_DIRECT` while the filesystem accepts it, else
+    /// buffered.
     fn open_block(&self, path: &Path, options: &mut std::fs::OpenOptions) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         if self.direct.load(Ordering::Relaxed) {
@@ -304,26 +293,18 @@ impl DiskCache {
 
     fn no_direct(&self, e: &io::Error) {
         if self.direct.swap(false, Ordering::Relaxed) {
-            tracing::info!(dir = %self.dir.display(), "the cache's filesystem refuses O_DIRECT ({e}); block files use buffered I/O");
+            tracing::info!(dir = %self.dir.display(), "the cache's filesystem refuses O_DIRECT ({e}); block files are written buffered");
         }
     }
 
     /// The whole block file at `path`.
     async fn read_file(&self, path: &Path) -> io::Result<Bytes> {
-        let direct = self.direct.load(Ordering::Relaxed);
-        let f = self.open_block(path, std::fs::OpenOptions::new().read(true))?;
+        // Buffered: whole-file reads get the kernel's readahead, measured 15-30% faster than
+        // O_DIRECT reads of the same files here, and clean pages cost little to reclaim.
+        let f = std::fs::File::open(path)?;
         let len = f.metadata()?.len() as usize;
         let buf = self.read_pool.take(len);
-        match self.engine.read_at(Arc::new(f), 0, len, buf).await {
-            // Opened but refused at the first aligned read (some FUSE and network filesystems).
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                self.no_direct(&e);
-                let f = std::fs::File::open(path)?;
-                let buf = self.read_pool.take(len);
-                self.engine.read_at(Arc::new(f), 0, len, buf).await
-            }
-            other => other,
-        }
+        self.engine.read_at(Arc::new(f), 0, len, buf).await
     }
 
     fn remove(&self, name: &[u8; 16]) {
@@ -403,11 +384,24 @@ impl DiskCache {
                     .mode(0o700)
                     .create(parent)?;
             }
+            let direct = self.direct.load(Ordering::Relaxed);
             let f = Arc::new(self.open_block(
                 &tmp,
                 std::fs::OpenOptions::new().create_new(true).write(true),
             )?);
-            self.engine.write_at(f, 0, encoded).await?;
+            match self.engine.write_at(f, 0, encoded.clone()).await {
+                // Opened, but the aligned write was refused (a device with larger sectors, some
+                // network filesystems): write it buffered, from now on too.
+                Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.no_direct(&e);
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&tmp)?;
+                    self.engine.write_at(Arc::new(f), 0, encoded).await?;
+                }
+                other => other?,
+            }
             std::fs::rename(&tmp, &path)
         }
         .await;

@@ -1320,15 +1320,13 @@ fn id_of(path: &Path) -> Option<u64> {
 }
 
 fn lock_dir(dir: &Path) -> Result<File, WriteBackError> {
-    use std::os::fd::AsRawFd;
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .open(dir.join("lock"))?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !crate::dirlock::lock_exclusive(&f) {
         return Err(WriteBackError::Locked {
             dir: dir.to_path_buf(),
         });
