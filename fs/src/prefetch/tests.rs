@@ -251,19 +251,7 @@ async fn many_readers_share_the_budget_without_exceeding_it() {
 #[tokio::test]
 async fn a_second_pass_reads_from_the_disk_cache() {
     let tmp = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let cache = Arc::new(
-        DiskCache::open(
-            CacheConfig {
-                dir: tmp.path().into(),
-                max_bytes: 1 << 30,
-                min_free_bytes: 0,
-                engine: EngineKind::Auto,
-            },
-            metrics,
-        )
-        .unwrap(),
-    );
+    let cache = open_cache(tmp.path());
     let (p, obj, bytes, m) = setup(
         5 * MIB as usize + 123,
         PrefetchConfig::default(),
@@ -290,18 +278,7 @@ async fn a_second_pass_reads_from_the_disk_cache() {
 #[tokio::test]
 async fn a_part_with_some_blocks_cached_reads_them_and_fetches_only_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
-    let cache = Arc::new(
-        DiskCache::open(
-            CacheConfig {
-                dir: tmp.path().into(),
-                max_bytes: 1 << 30,
-                min_free_bytes: 0,
-                engine: EngineKind::Auto,
-            },
-            Arc::new(Metrics::default()),
-        )
-        .unwrap(),
-    );
+    let cache = open_cache(tmp.path());
     let (p, obj, bytes, m) = setup(
         6 * MIB as usize + 77,
         PrefetchConfig::default(),
@@ -322,6 +299,17 @@ async fn a_part_with_some_blocks_cached_reads_them_and_fetches_only_the_rest() {
         (1..=2).contains(&more),
         "only the lost blocks are fetched ({more} GETs)"
     );
+}
+
+/// A 1 GiB disk cache in `dir`, io_uring when available.
+fn open_cache(dir: &std::path::Path) -> Arc<DiskCache> {
+    let config = CacheConfig {
+        dir: dir.into(),
+        max_bytes: 1 << 30,
+        min_free_bytes: 0,
+        engine: EngineKind::Auto,
+    };
+    Arc::new(DiskCache::open(config, Arc::new(Metrics::default())).unwrap())
 }
 
 fn walkdir(d: &std::path::Path) -> Vec<std::path::PathBuf> {
