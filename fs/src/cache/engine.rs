@@ -111,7 +111,7 @@ impl AlignedBuf {
     /// # Safety
     /// The `n` bytes after `len` must have been written (by a completed read).
     unsafe fn advance(&mut self, n: usize) {
-        debug_assert!(self.len + n <= self.cap);
+        assert!(n <= self.cap - self.len, "read past the buffer");
         self.len += n;
     }
 
