@@ -12,6 +12,7 @@
 //! - [`prefetch`]: the prefetching reader: sequential detection, window growth, parallel part
 //!   fetches under one global memory budget, backed by the disk cache.
 //! - [`write`]: write-back: staging files, the journal, and the background uploader.
+//! - [`buf`]: aligned block buffers and the bounded pool that recycles them.
 //! - [`cache`]: the persistent, checksummed local-disk block cache and its I/O engines.
 //! - [`fuse`]: the `fuser` adapter, the only module that knows fuser types.
 //! - [`error`]: the filesystem errors and their errno mapping (the only place errno appears).
@@ -20,6 +21,7 @@
 //! - [`metrics`]: every metric name and counter.
 //! - `dirlock`: one daemon per cache or staging directory (a briefly retried `flock`).
 
+pub mod buf;
 pub mod cache;
 mod dirlock;
 pub mod error;

@@ -43,13 +43,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::buf::BufPool;
 use crate::cache::{BlockId, DiskCache, BLOCK_SIZE};
 use crate::metrics::Metrics;
 use crate::object::{ObjectSource, ReadError};
 use crate::reader::{ObjectReader, PinnedObject, ReaderFactory};
-
-mod pool;
-pub use pool::BlockPool;
 
 /// Idle block buffers kept for reuse (64 MiB at most).
 const POOL_BLOCKS: usize = 64;
@@ -315,7 +313,7 @@ pub struct Prefetcher {
     source: ObjectSource,
     /// Part tasks running (fetching, or writing fetched blocks to the disk cache).
     tasks: Arc<AtomicUsize>,
-    pool: Arc<BlockPool>,
+    pool: Arc<BufPool>,
     requests: Arc<Semaphore>,
     registry: Arc<Registry>,
     cache: Option<Arc<DiskCache>>,
@@ -336,7 +334,7 @@ impl Prefetcher {
         Self {
             requests: Arc::new(Semaphore::new(config.max_requests.max(1))),
             // Enough idle buffers to cover the parts that finish while their readers catch up.
-            pool: BlockPool::new(POOL_BLOCKS),
+            pool: BufPool::new(BLOCK_SIZE as usize, POOL_BLOCKS),
             tasks: Arc::default(),
             registry: Arc::default(),
             source,
@@ -441,7 +439,7 @@ struct State {
 pub struct PrefetchReader {
     object: PinnedObject,
     tasks: Arc<AtomicUsize>,
-    pool: Arc<BlockPool>,
+    pool: Arc<BufPool>,
     /// Key and ETag: handles with the same identity share parts.
     ident: Arc<str>,
     registry: Arc<Registry>,
@@ -764,11 +762,11 @@ async fn fetch_blocks(
     source: &ObjectSource,
     object: &PinnedObject,
     range: Range<u64>,
-    pool: &Arc<BlockPool>,
+    pool: &Arc<BufPool>,
     mut on_block: impl FnMut(Bytes),
 ) -> Result<(), ReadError> {
     let size = object.size;
-    let mut current: Option<Vec<u8>> = None;
+    let mut current: Option<crate::buf::AlignedBuf> = None;
     let mut block = range.start / BLOCK_SIZE;
     source
         .get_range_chunks(
@@ -779,11 +777,11 @@ async fn fetch_blocks(
             |_, mut chunk: Bytes| {
                 while !chunk.is_empty() {
                     let r = block_range(block, size);
-                    let buf = current.get_or_insert_with(|| pool.take());
+                    let buf = current.get_or_insert_with(|| pool.take((r.end - r.start) as usize));
                     let n = ((r.end - r.start) as usize - buf.len()).min(chunk.len());
                     buf.extend_from_slice(&chunk.split_to(n));
                     if buf.len() as u64 == r.end - r.start {
-                        on_block(pool.freeze(current.take().expect("just filled")));
+                        on_block(current.take().expect("just filled").freeze());
                         block += 1;
                     }
                 }

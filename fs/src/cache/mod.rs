@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use engine::{align_up, AlignedBuf, BufPool};
+use crate::buf::{align_up, AlignedBuf, BufPool, ALIGN};
 pub use engine::{open_engine, EngineKind, IoEngine};
 
 use crate::metrics::Metrics;
@@ -183,7 +183,7 @@ impl DiskCache {
             metrics,
             tmp_seq: AtomicU64::new(0),
             direct: AtomicBool::new(true),
-            read_pool: BufPool::new(BLOCK_SIZE as usize + engine::ALIGN, READ_POOL_BUFFERS),
+            read_pool: BufPool::new(BLOCK_SIZE as usize + ALIGN, READ_POOL_BUFFERS),
         };
         cache.scan().map_err(&err)?;
         tracing::info!(
