@@ -20,6 +20,11 @@ use bytes::Bytes;
 /// common filesystem (4 KiB logical blocks at most).
 pub const ALIGN: usize = 4096;
 
+/// Buffers this large are mappings of their own (page-aligned, returned to the system when
+/// freed); aligned heap allocations of 1 MiB fragmented the allocator's arenas (about 50 MiB
+/// more peak RSS with 16 readers).
+const MAP_FROM: usize = 256 << 10;
+
 /// Rounds `n` up to a multiple of [`ALIGN`].
 pub fn align_up(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
@@ -47,17 +52,38 @@ impl AlignedBuf {
     /// An empty buffer with room for at least `cap` bytes.
     pub fn with_capacity(cap: usize) -> Self {
         let cap = align_up(cap.max(1));
-        let layout = std::alloc::Layout::from_size_align(cap, ALIGN).expect("valid layout");
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let ptr =
-            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let raw = if cap >= MAP_FROM {
+            // SAFETY: an anonymous private mapping of `cap` bytes; no existing memory is touched.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    cap,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                std::alloc::handle_alloc_error(Self::layout(cap));
+            }
+            p.cast::<u8>()
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            unsafe { std::alloc::alloc(Self::layout(cap)) }
+        };
+        let ptr = std::ptr::NonNull::new(raw)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(cap)));
         Self {
             ptr,
             len: 0,
             cap,
             home: None,
         }
+    }
+
+    fn layout(cap: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(cap, ALIGN).expect("valid layout")
     }
 
     pub fn capacity(&self) -> usize {
@@ -146,9 +172,14 @@ impl Drop for AlignedBuf {
         if self.cap == 0 {
             return;
         }
-        let layout = std::alloc::Layout::from_size_align(self.cap, ALIGN).expect("valid layout");
-        // SAFETY: allocated in `with_capacity` with this very layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        if self.cap >= MAP_FROM {
+            // SAFETY: mapped in `with_capacity` with exactly this length; nothing refers to it
+            // any more (the last `Bytes` is gone).
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.cap) };
+        } else {
+            // SAFETY: allocated in `with_capacity` with this very layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
+        }
     }
 }
 
@@ -201,6 +232,21 @@ impl BufPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffers_are_aligned_small_and_mapped_alike() {
+        for cap in [1, 5000, MAP_FROM - 1, MAP_FROM, (1 << 20) + 4096] {
+            let mut b = AlignedBuf::with_capacity(cap);
+            assert_eq!(b.capacity(), align_up(cap));
+            assert_eq!(b.as_ref().as_ptr() as usize % ALIGN, 0, "{cap}");
+            let data: Vec<u8> = (0..cap).map(|i| i as u8).collect();
+            b.extend_from_slice(&data);
+            b.zero_fill(b.capacity() - b.len());
+            let bytes = b.freeze();
+            assert_eq!(&bytes[..cap], &data[..]);
+            assert!(bytes[cap..].iter().all(|&x| x == 0));
+        }
+    }
 
     #[test]
     fn pooled_buffers_return_after_their_last_bytes_and_the_pool_is_bounded() {
