@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::buf::{align_up, AlignedBuf, BufPool, ALIGN};
 pub use engine::{open_engine, EngineKind, IoEngine};
 
+use crate::buf::{align_up, AlignedBuf, BufPool, ALIGN};
 use crate::metrics::Metrics;
 
 /// Bytes per cache block. Large enough that a block is one efficient GET and one file, small
@@ -364,8 +364,7 @@ impl DiskCache {
         if self.index.lock().unwrap().contains(&name) {
             return;
         }
-        let encoded = encode(&identity, &payload);
-        let file_len = encoded.len() as u64;
+        let file_len = encoded_len(identity.len(), payload.len()) as u64;
         if file_len > self.config.max_bytes || !self.has_room(file_len) {
             Metrics::add(&self.metrics.disk_skipped, 1);
             return;
@@ -384,6 +383,7 @@ impl DiskCache {
                     .mode(0o700)
                     .create(parent)?;
             }
+            let encoded = encode(&identity, &payload);
             let direct = self.direct.load(Ordering::Relaxed);
             let f = Arc::new(self.open_block(
                 &tmp,
@@ -431,13 +431,18 @@ fn payload_offset(identity_len: usize) -> usize {
     align_up(FIXED_HEADER + identity_len)
 }
 
+/// The length of a version 2 block file.
+fn encoded_len(identity_len: usize, payload_len: usize) -> usize {
+    payload_offset(identity_len) + align_up(payload_len)
+}
+
 /// A version 2 block file: header, padding, payload, padding, in one aligned buffer.
 fn encode(identity: &[u8], payload: &[u8]) -> Bytes {
     let mut crc = crc32fast::Hasher::new();
     crc.update(identity);
     crc.update(payload);
     let start = payload_offset(identity.len());
-    let mut out = AlignedBuf::with_capacity(start + align_up(payload.len()));
+    let mut out = AlignedBuf::with_capacity(encoded_len(identity.len(), payload.len()));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -461,10 +466,7 @@ fn decode(buf: Bytes, identity: &[u8]) -> Result<Bytes, String> {
     let id_end = FIXED_HEADER + id_len;
     let (start, expected_len) = match version {
         1 => (id_end, id_end + payload_len),
-        2 => {
-            let start = payload_offset(id_len);
-            (start, start + align_up(payload_len))
-        }
+        2 => (payload_offset(id_len), encoded_len(id_len, payload_len)),
         v => return Err(format!("unknown block format version {v}")),
     };
     if buf.len() != expected_len {
