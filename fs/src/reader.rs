@@ -5,21 +5,10 @@
 //! prefetch window, a cache tier); the filesystem only asks it for byte ranges. Today's
 //! [`RangeReader`] issues one ranged GET per read; prefetching readers plug in here.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 
+pub use crate::object::PinnedObject;
 use crate::object::{ObjectSource, ReadError};
-
-/// The object behind an open handle, pinned at open time.
-#[derive(Debug, Clone)]
-pub struct PinnedObject {
-    /// Key relative to the source prefix.
-    pub key: Arc<str>,
-    pub size: u64,
-    /// Quoted ETag from the manifest; every request carries it as `If-Match`.
-    pub etag: Option<Arc<str>>,
-}
 
 /// Reads byte ranges of one pinned object.
 #[async_trait::async_trait]

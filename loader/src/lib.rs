@@ -19,33 +19,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use pai_mount_fs::manifest::{self, BuildOptions};
-use pai_mount_fs::metrics::Metrics;
-use pai_mount_fs::namespace::Namespace;
-use pai_mount_fs::object::credentials::ProcessEnv;
-use pai_mount_fs::object::{ObjectSource, ReadError, Source, StoreOptions};
+use pai_store::manifest::{self, BuildOptions};
+use pai_store::metrics::Metrics;
+use pai_store::namespace::Namespace;
+use pai_store::object::credentials::ProcessEnv;
+use pai_store::object::{ObjectSource, ReadError, Source, StoreOptions};
 use tokio::sync::Semaphore;
 
 pub use sampler::{Layout, Order, Sampler, Shuffle};
 
-/// What can go wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{0}")]
-    Source(String),
-    #[error("sample {index} ({key}) failed after {attempts} attempts: {source}")]
-    Object {
-        index: u64,
-        key: String,
-        attempts: u32,
-        #[source]
-        source: ReadError,
-    },
-    #[error("index {index} is out of range (the dataset has {len} samples)")]
-    OutOfRange { index: u64, len: u64 },
-    #[error("bad layout: {0}")]
-    Layout(String),
-}
+pub mod error;
+pub mod object_io;
+
+pub use error::{ErrorKind, LoadError};
 
 /// How to open a dataset.
 #[derive(Debug, Clone, Default)]
@@ -94,20 +80,36 @@ struct SampleRef {
     members: Box<[(Box<str>, u64, u64)]>,
 }
 
-/// The runtime and connection of one process.
+/// The runtime and connections of one process. Never used by another process: a forked
+/// child that finds its parent's `Conn` builds its own and leaves the parent's alone.
 struct Conn {
     pid: u32,
-    rt: tokio::runtime::Runtime,
+    url: String,
+    rt: std::mem::ManuallyDrop<tokio::runtime::Runtime>,
     source: ObjectSource,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.pid == std::process::id() {
+            // SAFETY: `rt` is not used again: this is the end of `self`.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.rt) }
+        }
+        // In a forked child the parent's runtime threads do not exist, and shutting it down
+        // would wait for them: its memory is left as it is.
+    }
 }
 
 /// The objects under a prefix.
 pub struct Dataset {
     url: String,
     options: DatasetOptions,
-    objects: Arc<Vec<pai_mount_fs::reader::PinnedObject>>,
+    objects: Arc<Vec<pai_store::object::PinnedObject>>,
     samples: Arc<Vec<SampleRef>>,
-    conn: Mutex<Option<Conn>>,
+    /// This process's runtime and connections, built on first use. Locked only to clone the
+    /// `Arc`, never across I/O, so a `fork()` cannot inherit it locked in practice (and
+    /// [`Dataset::for_this_process`] never locks it at all).
+    conn: Mutex<Option<Arc<Conn>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -167,9 +169,27 @@ impl Dataset {
             options,
             objects: Arc::new(objects),
             samples: Arc::new(samples),
-            conn: Mutex::new(Some(conn)),
+            conn: Mutex::new(Some(Arc::new(conn))),
             metrics,
         })
+    }
+
+    /// The same dataset (sharing its sample table) with no runtime or connection yet: what a
+    /// forked child uses instead of its parent's, without touching the parent's lock.
+    pub fn for_this_process(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            options: self.options.clone(),
+            objects: self.objects.clone(),
+            samples: self.samples.clone(),
+            conn: Mutex::new(None),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The URL the dataset was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     fn suffixes(options: &DatasetOptions) -> Vec<String> {
@@ -187,28 +207,35 @@ impl Dataset {
                 &BuildOptions::default(),
             ))
             .map(|(ns, _)| ns)
-            .map_err(|e| LoadError::Source(e.to_string()))
+            .map_err(|e| LoadError::from_source(&conn.url, e))
     }
 
     /// The samples of the tar index, checked against the manifest's shards.
     fn tar_samples(
         url: &str,
         conn: &Conn,
-        objects: &[pai_mount_fs::reader::PinnedObject],
+        objects: &[pai_store::object::PinnedObject],
     ) -> Result<Vec<SampleRef>, LoadError> {
         let bytes = conn
             .rt
             .block_on(conn.source.get_all(tar_index::INDEX_KEY))
-            .map_err(|e| LoadError::Source(e.to_string()))?
-            .ok_or_else(|| {
-                LoadError::Source(format!(
+            .map_err(|e| LoadError::from_source(url, e))?
+            .ok_or_else(|| LoadError::NotFound {
+                url: url.to_string(),
+                key: Some(tar_index::INDEX_KEY.to_string()),
+                why: format!(
                     "no tar index at {}/{}; build it with `pai-mount manifest tar-index {url}`",
                     conn.source.source().display_root(),
                     tar_index::INDEX_KEY
-                ))
+                ),
             })?;
-        let index = tar_index::TarIndex::decode(&bytes)
-            .map_err(|e| LoadError::Source(format!("the tar index is unusable: {e}")))?;
+        let index = tar_index::TarIndex::decode(&bytes).map_err(|e| LoadError::Corrupt {
+            url: url.to_string(),
+            key: tar_index::INDEX_KEY.to_string(),
+            why: format!(
+                "the tar index is unusable: {e}; rebuild it with `pai-mount manifest tar-index {url}`"
+            ),
+        })?;
         let by_key: std::collections::HashMap<&str, usize> = objects
             .iter()
             .enumerate()
@@ -221,10 +248,14 @@ impl Dataset {
             };
             if objects[i].etag.as_deref() != shard.etag.as_deref() || objects[i].size != shard.size
             {
-                return Err(LoadError::Source(format!(
-                    "the tar index is stale for shard {} (it changed since it was indexed); rebuild it with `pai-mount manifest tar-index {url}`",
-                    shard.key
-                )));
+                return Err(LoadError::Corrupt {
+                    url: url.to_string(),
+                    key: shard.key.clone(),
+                    why: format!(
+                        "the tar index is stale for shard {} (it changed since it was indexed); rebuild it with `pai-mount manifest tar-index {url}`",
+                        shard.key
+                    ),
+                });
             }
             for t in &shard.samples {
                 samples.push(SampleRef {
@@ -275,7 +306,9 @@ impl Dataset {
                             let bytes = source
                                 .get_range(&o.key, 0..o.size, o.etag.as_deref(), o.size)
                                 .await
-                                .map_err(|e| LoadError::Source(e.to_string()))?;
+                                .map_err(|e| {
+                                    LoadError::from_read(url, &o.key, "reading a tar shard", e)
+                                })?;
                             let (key, etag, size) = (
                                 o.key.to_string(),
                                 o.etag.as_deref().map(str::to_string),
@@ -286,7 +319,11 @@ impl Dataset {
                             })
                             .await
                             .expect("indexing panicked")
-                            .map_err(|e| LoadError::Source(e.to_string()))
+                            .map_err(|e| LoadError::Corrupt {
+                                url: url.to_string(),
+                                key: o.key.to_string(),
+                                why: format!("indexing tar shard {}: {e}", o.key),
+                            })
                         }
                     })
                     .buffered(concurrency.max(1))
@@ -299,7 +336,7 @@ impl Dataset {
         let bytes = tar_index::TarIndex { shards: index }.encode();
         conn.rt
             .block_on(conn.source.put(tar_index::INDEX_KEY, bytes.into()))
-            .map_err(|e| LoadError::Source(e.to_string()))?;
+            .map_err(|e| LoadError::from_source(url, e))?;
         Ok((shards, samples))
     }
 
@@ -308,8 +345,12 @@ impl Dataset {
         options: &DatasetOptions,
         metrics: &Arc<Metrics>,
     ) -> Result<Conn, LoadError> {
-        let rt = runtime().map_err(|e| LoadError::Source(format!("starting a runtime: {e}")))?;
-        let source = Source::parse(url).map_err(|e| LoadError::Source(e.to_string()))?;
+        let rt = runtime().map_err(|e| LoadError::Unavailable {
+            url: url.to_string(),
+            key: None,
+            why: format!("starting a runtime: {e}"),
+        })?;
+        let source = Source::parse(url).map_err(|e| LoadError::from_source(url, e))?;
         let source = rt
             .block_on(ObjectSource::connect(
                 source,
@@ -317,28 +358,36 @@ impl Dataset {
                 &ProcessEnv,
                 metrics.clone(),
             ))
-            .map_err(|e| LoadError::Source(e.to_string()))?;
+            .map_err(|e| LoadError::from_source(url, e))?;
         Ok(Conn {
             pid: std::process::id(),
-            rt,
+            url: url.to_string(),
+            rt: std::mem::ManuallyDrop::new(rt),
             source,
         })
     }
 
     /// Runs `f` with this process's runtime and source, rebuilding them after a `fork()`.
+    fn conn(&self) -> Result<Arc<Conn>, LoadError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_some_and(|c| c.pid != std::process::id()) {
+            *guard = None; // the parent's (`Conn::drop` leaves its runtime alone)
+        }
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        drop(guard);
+        // Connect without the lock (it makes no request, but builds a runtime).
+        let fresh = Arc::new(Self::connect(&self.url, &self.options, &self.metrics)?);
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(guard.get_or_insert(fresh).clone())
+    }
+
     fn with_conn<T>(
         &self,
         f: impl FnOnce(&tokio::runtime::Runtime, &ObjectSource) -> T,
     ) -> Result<T, LoadError> {
-        let mut guard = self.conn.lock().unwrap();
-        if guard.as_ref().is_some_and(|c| c.pid != std::process::id()) {
-            // The parent's runtime threads do not exist here; dropping it could wait for them.
-            std::mem::forget(guard.take());
-        }
-        if guard.is_none() {
-            *guard = Some(Self::connect(&self.url, &self.options, &self.metrics)?);
-        }
-        let c = guard.as_ref().expect("just set");
+        let c = self.conn()?;
         Ok(f(&c.rt, &c.source))
     }
 
@@ -371,6 +420,7 @@ impl Dataset {
 
     fn fetcher(&self, attempts: u32) -> Result<Fetcher, LoadError> {
         Ok(Fetcher {
+            url: self.url.as_str().into(),
             objects: self.objects.clone(),
             samples: self.samples.clone(),
             attempts,
@@ -413,7 +463,8 @@ pub fn glob_match(pattern: &str, key: &str) -> bool {
 /// What the async side needs to read samples: the pinned objects, shared.
 #[derive(Clone)]
 struct Fetcher {
-    objects: Arc<Vec<pai_mount_fs::reader::PinnedObject>>,
+    url: Arc<str>,
+    objects: Arc<Vec<pai_store::object::PinnedObject>>,
     samples: Arc<Vec<SampleRef>>,
     attempts: u32,
 }
@@ -469,20 +520,20 @@ impl Fetcher {
                 }
                 // A changed or deleted object will not come back by retrying.
                 Err(e @ (ReadError::Changed { .. } | ReadError::Gone { .. })) => {
-                    return Err(LoadError::Object {
-                        index,
-                        key,
-                        attempts: attempt,
-                        source: e,
-                    })
+                    return Err(LoadError::from_read(
+                        &self.url,
+                        &key,
+                        &format!("sample {index} ({key})"),
+                        e,
+                    ))
                 }
                 Err(e) if attempt >= self.attempts => {
-                    return Err(LoadError::Object {
-                        index,
-                        key,
-                        attempts: attempt,
-                        source: e,
-                    })
+                    return Err(LoadError::from_read(
+                        &self.url,
+                        &key,
+                        &format!("sample {index} ({key}) failed after {attempt} attempts"),
+                        e,
+                    ))
                 }
                 Err(e) => {
                     tracing::warn!(key = %key, attempt, "sample read failed, retrying: {e}");
@@ -528,6 +579,11 @@ pub struct State {
 
 /// The samples of one worker for one epoch, in order, read ahead.
 pub struct Loader {
+    /// The process that started the task.
+    pid: u32,
+    /// Keeps the runtime the task runs on alive as long as the loader.
+    #[allow(dead_code)]
+    conn: Arc<Conn>,
     rx: tokio::sync::mpsc::Receiver<(
         u64,
         Result<Sample, LoadError>,
@@ -552,44 +608,66 @@ impl Loader {
         state: State,
         options: LoadOptions,
     ) -> Result<Self, LoadError> {
-        layout.check().map_err(LoadError::Layout)?;
+        layout.check().map_err(|why| LoadError::Invalid { why })?;
         let order = Order {
             seed: state.seed,
             ..order
         };
         let sampler = Sampler::new(dataset.len(), layout, order);
         let start = sampler.worker_start(state.consumed);
+        let mut loader = Self::at_position(dataset, layout, order, state.epoch, start, options)?;
+        loader.state = state;
+        Ok(loader)
+    }
+
+    /// Starts reading this worker's own stream of `epoch` at its `position`-th sample (a
+    /// worker-level resume point, as a per-worker checkpoint records it).
+    pub fn at_position(
+        dataset: &Arc<Dataset>,
+        layout: Layout,
+        order: Order,
+        epoch: u64,
+        position: u64,
+        options: LoadOptions,
+    ) -> Result<Self, LoadError> {
+        layout.check().map_err(|why| LoadError::Invalid { why })?;
+        let sampler = Sampler::new(dataset.len(), layout, order);
         let end = sampler.worker_len();
+        let start = position.min(end);
+        let state = State {
+            seed: order.seed,
+            epoch,
+            consumed: 0,
+        };
         let fetch = dataset.fetcher(options.attempts.max(1))?;
         let budget_kib = (options.max_bytes / 1024).clamp(1, u64::from(u32::MAX)) as u32;
         let budget = Arc::new(Semaphore::new(budget_kib as usize));
         let in_flight = options.in_flight.max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
-        let epoch = state.epoch;
-        let task = dataset.with_conn(|rt, source| {
-            let source = source.clone();
-            rt.spawn(async move {
-                let mut results = futures::stream::iter(start..end)
-                    .map(|j| {
-                        let (fetch, source, budget) =
-                            (fetch.clone(), source.clone(), budget.clone());
-                        async move {
-                            let index = sampler.index(epoch, j);
-                            let size = fetch.size_of(index);
-                            let kib = (size / 1024).clamp(1, u64::from(budget_kib)) as u32;
-                            let permit = budget.acquire_many_owned(kib).await.ok();
-                            (j, fetch.fetch(source, index).await, permit)
-                        }
-                    })
-                    .buffered(in_flight);
-                while let Some(item) = results.next().await {
-                    if tx.send(item).await.is_err() {
-                        return;
+        let conn = dataset.conn()?;
+        let source = conn.source.clone();
+        let task = conn.rt.spawn(async move {
+            let mut results = futures::stream::iter(start..end)
+                .map(|j| {
+                    let (fetch, source, budget) = (fetch.clone(), source.clone(), budget.clone());
+                    async move {
+                        let index = sampler.index(epoch, j);
+                        let size = fetch.size_of(index);
+                        let kib = (size / 1024).clamp(1, u64::from(budget_kib)) as u32;
+                        let permit = budget.acquire_many_owned(kib).await.ok();
+                        (j, fetch.fetch(source, index).await, permit)
                     }
+                })
+                .buffered(in_flight);
+            while let Some(item) = results.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
                 }
-            })
-        })?;
+            }
+        });
         Ok(Self {
+            pid: std::process::id(),
+            conn,
             rx,
             task: Some(task),
             sampler,
@@ -613,6 +691,12 @@ impl Loader {
     /// consumer that interleaves them counts the rank's samples itself.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// This worker's position in its own stream: the next sample it hands out (what
+    /// [`Loader::at_position`] resumes from).
+    pub fn position(&self) -> u64 {
+        self.next
     }
 
     /// Samples skipped because they kept failing (only with `skip_errors`).
@@ -647,8 +731,11 @@ impl Iterator for Loader {
 
 impl Drop for Loader {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
+        match self.task.take() {
+            Some(t) if self.pid == std::process::id() => t.abort(),
+            // A forked child's copy: the task belongs to the parent's runtime.
+            Some(t) => std::mem::forget(t),
+            None => {}
         }
     }
 }

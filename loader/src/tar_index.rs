@@ -6,7 +6,7 @@
 //! `train/000123` with members `jpg` and `cls`); a sample's members are consecutive in the tar.
 //!
 //! Stored at `<prefix>/.pai-mount/tar-index.v1`: a JSON body framed by
-//! [`pai_mount_fs::framing`] with the magic `PAITARIX`. Each shard records the ETag it was
+//! [`pai_store::framing`] with the magic `PAITARIX`. Each shard records the ETag it was
 //! indexed at; a shard whose ETag in the manifest differs makes the index stale, which is an
 //! error, never a misread.
 
@@ -48,7 +48,7 @@ pub struct TarIndex {
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error(transparent)]
-    Frame(#[from] pai_mount_fs::framing::FrameError),
+    Frame(#[from] pai_store::framing::FrameError),
     #[error("bad tar index body: {0}")]
     Body(String),
     #[error("shard {key} is not a readable tar: {why}")]
@@ -58,11 +58,11 @@ pub enum IndexError {
 impl TarIndex {
     pub fn encode(&self) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("the index serializes");
-        pai_mount_fs::framing::encode(MAGIC, FORMAT_VERSION, &body)
+        pai_store::framing::encode(MAGIC, FORMAT_VERSION, &body)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, IndexError> {
-        let body = pai_mount_fs::framing::decode(MAGIC, FORMAT_VERSION, bytes)?;
+        let body = pai_store::framing::decode(MAGIC, FORMAT_VERSION, bytes)?;
         serde_json::from_slice(body).map_err(|e| IndexError::Body(e.to_string()))
     }
 }
@@ -170,9 +170,7 @@ mod tests {
         bad[20] ^= 1;
         assert!(matches!(
             TarIndex::decode(&bad),
-            Err(IndexError::Frame(
-                pai_mount_fs::framing::FrameError::Checksum
-            ))
+            Err(IndexError::Frame(pai_store::framing::FrameError::Checksum))
         ));
         assert!(TarIndex::decode(&enc[..enc.len() - 1]).is_err());
     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use pai_loader::{
     Dataset, DatasetOptions, Layout, LoadError, LoadOptions, Loader, Order, Shuffle, State,
 };
-use pai_mount_fs::object::credentials::CredentialFlags;
-use pai_mount_fs::object::StoreOptions;
+use pai_store::object::credentials::CredentialFlags;
+use pai_store::object::StoreOptions;
 use pai_test_s3::{
     BackgroundServer, ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY,
 };

@@ -399,9 +399,9 @@ impl Namespace {
     }
 
     /// The pinned identity of a file, as a reader needs it.
-    pub fn pin(&self, id: u32) -> Option<crate::reader::PinnedObject> {
+    pub fn pin(&self, id: u32) -> Option<crate::object::PinnedObject> {
         let info = self.info(id).filter(|i| i.kind == NodeKind::File)?;
-        Some(crate::reader::PinnedObject {
+        Some(crate::object::PinnedObject {
             key: self.key_of(id).into(),
             size: info.size,
             etag: self.etag_of(id).map(Into::into),

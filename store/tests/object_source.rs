@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use pai_mount_fs::metrics::Metrics;
-use pai_mount_fs::object::credentials::{CredentialFlags, Env};
-use pai_mount_fs::object::{ObjectSource, ReadError, Source, SourceError, StoreOptions};
+use pai_store::metrics::Metrics;
+use pai_store::object::credentials::{CredentialFlags, Env};
+use pai_store::object::{ObjectSource, ReadError, Source, SourceError, StoreOptions};
 use pai_test_s3::{ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
 
 struct NoEnv;
@@ -175,33 +175,6 @@ async fn missing_credentials_name_everything_tried() {
     .to_string();
     assert!(err.contains("no credentials for s3://bkt"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
-}
-
-#[tokio::test]
-async fn a_read_that_failed_after_retries_is_fetched_again_by_the_next_read() {
-    use pai_mount_fs::prefetch::{PrefetchConfig, Prefetcher};
-    use pai_mount_fs::reader::{PinnedObject, ReaderFactory};
-    let server = TestServer::start(ServerConfig::default()).await.unwrap();
-    server.backend().create_bucket("bkt");
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 249) as u8).collect();
-    let etag = format!("\"{}\"", server.backend().put("bkt", "k", data.clone()));
-    let s = connect(&server, "s3://bkt", true).await;
-    let p = Prefetcher::new(s, None, PrefetchConfig::default());
-    let r = p.open(PinnedObject {
-        key: "k".into(),
-        size: data.len() as u64,
-        etag: Some(etag.into()),
-    });
-    // More 503s than the HTTP layer retries: the read fails, with a clear error.
-    server.backend().faults.fail_next(50);
-    let err = r.read(0, 4096).await.unwrap_err();
-    assert!(err.to_string().contains("reading k"), "{err}");
-    // The server recovers: the same read now succeeds instead of repeating the failure.
-    server.backend().faults.fail_next(0);
-    let got = r.read(0, 4096).await.unwrap();
-    assert_eq!(&got[..], &data[..4096]);
-    let got = r.read(4096, 2_000_000).await.unwrap();
-    assert_eq!(&got[..], &data[4096..2_004_096]);
 }
 
 #[tokio::test]

@@ -32,6 +32,17 @@ pub use source::{Source, SourceKind, StoreOptions};
 
 use crate::metrics::Metrics;
 
+/// An object pinned at the moment it was chosen (a handle's open, a dataset's load): every read
+/// of it is checked against this size and ETag.
+#[derive(Debug, Clone)]
+pub struct PinnedObject {
+    /// Key relative to the source prefix.
+    pub key: Arc<str>,
+    pub size: u64,
+    /// Quoted ETag from the manifest; every request carries it as `If-Match`.
+    pub etag: Option<Arc<str>>,
+}
+
 /// Why a read of object bytes failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
