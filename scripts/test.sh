@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need (FUSE 3 userspace tools) and runs every test of the workspace:
-# unit and property tests, core tests, and integration tests against a real S3-protocol server
-# on loopback with real FUSE mounts. Needs /dev/fuse; mounting needs root or fusermount3.
+# Installs what the tests need and runs every test of the project:
+# - Rust: unit and property tests, core tests, and integration tests against a real
+#   S3-protocol server on loopback with real FUSE mounts (needs /dev/fuse; mounting needs
+#   root or fusermount3; the fuse3 package is installed when missing and we are root);
+# - Python: the pai_mount package, built and installed from ./python, and its tests with real
+#   torch DataLoaders and worker processes (torch, torchdata and pytest are installed from
+#   python/requirements-test.txt, pinned).
+# Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v fusermount3 >/dev/null 2>&1; then
@@ -12,3 +17,15 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   fi
 fi
 cargo test --workspace --locked "$@"
+
+PY=${PYTHON:-python3}
+PIP=("$PY" -m pip --disable-pip-version-check --root-user-action=ignore)
+"${PIP[@]}" install -q -r python/requirements-test.txt
+# The extension's release build is kept between runs on one machine (it takes minutes).
+export CARGO_TARGET_DIR=${PAI_PYTHON_TARGET_DIR:-$HOME/.cache/pai-mount/python-target}
+"${PIP[@]}" install -q --force-reinstall --no-deps ./python
+unset CARGO_TARGET_DIR
+cargo build --locked -q -p pai-test-s3
+# Run from the tests directory, so the installed package is what gets imported. pytest's
+# exit code 5 (no tests collected) fails this script like any other failure.
+(cd python/tests && PAI_TEST_S3="$PWD/../../target/debug/pai-test-s3" "$PY" -m pytest -q -p no:cacheprovider)

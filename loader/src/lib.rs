@@ -615,23 +615,27 @@ impl Loader {
         };
         let sampler = Sampler::new(dataset.len(), layout, order);
         let start = sampler.worker_start(state.consumed);
-        let mut loader = Self::at_position(dataset, layout, order, state.epoch, start, options)?;
+        let mut loader = Self::at_position(dataset, layout, order, state.epoch, 0, start, options)?;
         loader.state = state;
         Ok(loader)
     }
 
-    /// Starts reading this worker's own stream of `epoch` at its `position`-th sample (a
-    /// worker-level resume point, as a per-worker checkpoint records it).
+    /// Starts reading this worker's stream of `epoch`, with runs dealt from the rank-level
+    /// position `base` (see [`Sampler::starting_at`]), at the worker's `position`-th sample
+    /// of that stream. `base` is what a consumer that counts the rank's samples resumes
+    /// from, with any worker count; `position` is a worker-level resume point, as a
+    /// per-worker checkpoint records it.
     pub fn at_position(
         dataset: &Arc<Dataset>,
         layout: Layout,
         order: Order,
         epoch: u64,
+        base: u64,
         position: u64,
         options: LoadOptions,
     ) -> Result<Self, LoadError> {
         layout.check().map_err(|why| LoadError::Invalid { why })?;
-        let sampler = Sampler::new(dataset.len(), layout, order);
+        let sampler = Sampler::new(dataset.len(), layout, order).starting_at(base);
         let end = sampler.worker_len();
         let start = position.min(end);
         let state = State {

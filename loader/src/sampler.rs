@@ -15,6 +15,11 @@
 //!    PyTorch DataLoader collects from one worker): run `i` belongs to worker `i % workers`.
 //!    The rank's consumer sees the runs in that order, so "samples consumed by the rank" maps
 //!    to a position in every worker's own stream in O(1).
+//! 5. A sampler may start at a rank-level `base` (a resume point): the runs are then dealt
+//!    round robin from `base`, first run to worker 0. A consumer that takes one run from each
+//!    worker in turn, starting with worker 0 (what a PyTorch DataLoader does), then sees the
+//!    rank's positions `base..` in order, whatever the number of workers: a resume may use
+//!    another worker count than the run it continues.
 
 /// How an epoch is ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +129,8 @@ pub struct Sampler {
     n: u64,
     layout: Layout,
     order: Order,
+    /// The rank-level position the runs are dealt from.
+    base: u64,
 }
 
 impl Sampler {
@@ -135,6 +142,16 @@ impl Sampler {
                 interleave: order.interleave.max(1),
                 ..order
             },
+            base: 0,
+        }
+    }
+
+    /// The same order, with runs dealt to workers from rank-level position `base` on (at
+    /// most `per_rank()`): worker streams then cover `base..per_rank()` only.
+    pub fn starting_at(self, base: u64) -> Self {
+        Self {
+            base: base.min(self.per_rank()),
+            ..self
         }
     }
 
@@ -150,11 +167,11 @@ impl Sampler {
 
     /// Samples this worker reads per epoch.
     pub fn worker_len(&self) -> u64 {
-        self.worker_start(self.per_rank())
+        self.worker_start(self.per_rank() - self.base)
     }
 
-    /// How many of the rank's first `consumed` positions belong to this worker: where the
-    /// worker resumes after the rank consumed `consumed` samples.
+    /// How many of the rank's first `consumed` positions (counted from `base`) belong to this
+    /// worker: where the worker resumes after the rank consumed `consumed` samples.
     pub fn worker_start(&self, consumed: u64) -> u64 {
         let (b, w) = (self.order.interleave, self.layout.workers);
         let round = b * w;
@@ -173,7 +190,7 @@ impl Sampler {
 
     /// The dataset index of this worker's `j`-th sample of `epoch` (`j < worker_len()`).
     pub fn index(&self, epoch: u64, j: u64) -> u64 {
-        let pos = self.layout.rank * self.per_rank() + self.rank_position(j);
+        let pos = self.layout.rank * self.per_rank() + self.base + self.rank_position(j);
         self.epoch_order(epoch, pos % self.n)
     }
 
@@ -414,6 +431,51 @@ mod tests {
             let k = (consumed_frac * per_rank as f64) as u64;
             let resumed = rank_stream(k);
             prop_assert_eq!(&whole[k as usize..], &resumed[..]);
+        }
+
+        #[test]
+        fn a_resume_point_gives_the_same_stream_with_any_worker_count(
+            n in 1..1500u64,
+            workers in 1..5u64,
+            resumed_workers in 1..5u64,
+            interleave in 1..9u64,
+            shuffle in shuffle(),
+            seed in any::<u64>(),
+            base_frac in 0.0..1.0f64,
+        ) {
+            let order = Order { seed, shuffle, drop_last: false, interleave };
+            let per_rank = Sampler::new(n, Layout { world_size: 3, rank: 2, workers: 1, worker: 0 }, order).per_rank();
+            // A DataLoader: one run from each worker in turn, from worker 0, skipping
+            // exhausted workers.
+            let delivered = |base: u64, workers: u64| -> Vec<u64> {
+                let streams: Vec<Vec<u64>> = (0..workers)
+                    .map(|w| {
+                        let s = Sampler::new(n, Layout { world_size: 3, rank: 2, workers, worker: w }, order)
+                            .starting_at(base);
+                        (0..s.worker_len()).map(|j| s.index(4, j)).collect()
+                    })
+                    .collect();
+                let mut cursors = vec![0usize; workers as usize];
+                let mut out = Vec::new();
+                loop {
+                    let mut any = false;
+                    for w in 0..workers as usize {
+                        let run = &streams[w][cursors[w]..(cursors[w] + interleave as usize).min(streams[w].len())];
+                        cursors[w] += run.len();
+                        any |= !run.is_empty();
+                        out.extend_from_slice(run);
+                    }
+                    if !any {
+                        return out;
+                    }
+                }
+            };
+            let whole = delivered(0, workers);
+            prop_assert_eq!(whole.len() as u64, per_rank);
+            // Resume points are batch boundaries (or the end).
+            let base = (((base_frac * per_rank as f64) as u64) / interleave * interleave).min(per_rank);
+            let resumed = delivered(base, resumed_workers);
+            prop_assert_eq!(&whole[base as usize..], &resumed[..]);
         }
 
         #[test]

@@ -1,14 +1,86 @@
-//! Runs the test server until interrupted: `pai-test-s3 [--port N] [--latency-ms N] [--bucket B]...`
-//! Prints `endpoint=http://127.0.0.1:PORT` on the first line of stdout once it is listening.
+//! Runs the test server: `pai-test-s3 [--port N] [--latency-ms N] [--bucket B]... [--control]`
+//! Prints `endpoint=http://127.0.0.1:PORT` on the first line of stdout once it is listening,
+//! and runs until Ctrl-C.
+//!
+//! With `--control` it reads commands from stdin, one per line, and answers each with one
+//! line on stdout (`ok ...` or `error ...`), so tests in other languages can inject faults and
+//! look at the bucket; it then also exits at the end of its input.
+//! - `fail N`: the next N requests answer `503 SlowDown`;
+//! - `cut N BYTES`: the next N GET bodies are cut after BYTES;
+//! - `reset-puts N`: the next N PUTs lose their connection before an answer;
+//! - `put BUCKET KEY FILE`: stores the file's bytes (answers `ok ETAG`);
+//! - `delete BUCKET KEY`; `keys BUCKET [PREFIX]` (answers `ok N`);
+//! - `counts` (answers `ok get=N head=N put=N list=N`).
 
+use std::io::BufRead;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use pai_test_s3::{ServerConfig, TestServer};
+use pai_test_s3::{Memory, ServerConfig, TestServer};
+
+fn command(backend: &Memory, line: &str) -> anyhow::Result<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| -> anyhow::Result<u64> {
+        Ok(words
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("missing argument {i}"))?
+            .parse()?)
+    };
+    let word = |i: usize| -> anyhow::Result<&str> {
+        words
+            .get(i)
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("missing argument {i}"))
+    };
+    Ok(match words.first().copied().unwrap_or("") {
+        "fail" => {
+            backend.faults.fail_next(num(1)? as u32);
+            "ok".into()
+        }
+        "cut" => {
+            backend.faults.cut_next_gets(num(1)? as u32, num(2)?);
+            "ok".into()
+        }
+        "reset-puts" => {
+            backend.faults.reset_next_puts(num(1)? as u32);
+            "ok".into()
+        }
+        "put" => {
+            let data = std::fs::read(word(3)?)?;
+            format!("ok {}", backend.put(word(1)?, word(2)?, data))
+        }
+        "delete" => {
+            backend.delete(word(1)?, word(2)?);
+            "ok".into()
+        }
+        "keys" => {
+            let prefix = words.get(2).copied().unwrap_or("");
+            let n = backend
+                .keys(word(1)?)
+                .iter()
+                .filter(|k| k.starts_with(prefix))
+                .count();
+            format!("ok {n}")
+        }
+        "counts" => {
+            let c = &backend.counters;
+            format!(
+                "ok get={} head={} put={} list={}",
+                c.get.load(Relaxed),
+                c.head.load(Relaxed),
+                c.put.load(Relaxed),
+                c.list.load(Relaxed)
+            )
+        }
+        other => anyhow::bail!("unknown command {other:?}"),
+    })
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut config = ServerConfig::default();
     let mut buckets = Vec::new();
+    let mut control = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -21,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
             "--bucket" => buckets.push(value()?),
             "--access-key" => config.access_key = value()?,
             "--secret-key" => config.secret_key = value()?,
+            "--control" => control = true,
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -29,6 +102,23 @@ async fn main() -> anyhow::Result<()> {
         server.backend().create_bucket(b);
     }
     println!("endpoint={}", server.endpoint());
-    tokio::signal::ctrl_c().await?;
+    if !control {
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
+    let backend = server.backend().clone();
+    let stdin_done = tokio::task::spawn_blocking(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            match command(&backend, &line) {
+                Ok(answer) => println!("{answer}"),
+                Err(e) => println!("error {e}"),
+            }
+        }
+    });
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = stdin_done => {}
+    }
     Ok(())
 }
