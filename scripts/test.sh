@@ -19,7 +19,8 @@ fi
 cargo test --workspace --locked "$@"
 
 PY=${PYTHON:-python3}
-PIP=("$PY" -m pip --disable-pip-version-check --root-user-action=ignore)
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+PIP=("$PY" -m pip)
 "${PIP[@]}" install -q -r python/requirements-test.txt
 # The extension's release build is kept between runs on one machine (it takes minutes).
 export CARGO_TARGET_DIR=${PAI_PYTHON_TARGET_DIR:-$HOME/.cache/pai-mount/python-target}
