@@ -65,7 +65,8 @@ class ObjectReader(io.RawIOBase):
 class ObjectWriter(io.RawIOBase):
     """A write-only file that streams one object as a multipart upload. ``close()`` returns
     once the object is in the bucket; an exception inside a ``with`` block aborts the upload,
-    and nothing becomes visible."""
+    and nothing becomes visible. A writer garbage-collected without ``close()`` is aborted
+    too (unlike a local file, which would keep what was written)."""
 
     def __init__(self, url: str, store: dict, part_size: Optional[int], parts_in_flight: Optional[int]) -> None:
         super().__init__()
@@ -103,6 +104,20 @@ class ObjectWriter(io.RawIOBase):
             self.abort()
         else:
             self.close()
+
+    def __del__(self) -> None:
+        # A writer dropped without close() was abandoned (an exception outside a `with`
+        # block, say): its object must not appear half written.
+        if not self.closed:
+            import warnings
+
+            warnings.warn(
+                f"{self.name} was never closed: its upload is aborted", ResourceWarning, stacklevel=2
+            )
+            try:
+                self.abort()
+            except Exception:
+                pass
 
 
 def open(

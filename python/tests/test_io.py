@@ -52,6 +52,20 @@ def test_an_exception_inside_with_leaves_no_object(server):
         pm.open(url, "rb", **server.store())
 
 
+def test_a_writer_dropped_without_close_leaves_no_object(server):
+    import gc
+    import warnings
+
+    f = pm.open("s3://bkt/io/dropped.bin", "wb", part_size=5 << 20, **server.store())
+    f.write(os.urandom(7 << 20))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        del f
+        gc.collect()
+    assert any(issubclass(x.category, ResourceWarning) for x in w)
+    assert server.keys("io/dropped") == 0
+
+
 def test_an_object_replaced_while_read_is_an_error_not_mixed_bytes(server):
     url = "s3://bkt/io/replaced.bin"
     server.put("io/replaced.bin", b"a" * (3 << 20))
