@@ -1,370 +1,68 @@
 //! `pai-mount cp <source> <local-dir>`: copy a prefix to local disk, fast and resumable.
-//!
-//! - Objects come from the manifest (a listing only when there is none); nothing is listed per
-//!   directory. Keys relative to the prefix become paths under the directory.
-//! - Every GET is a ranged GET pinned to the object's ETag (and size), so a file is one version
-//!   of its object or an error. Objects larger than `--part-size` go as parallel ranges. A
-//!   whole-object MD5 ETag is also checked against the bytes for objects of one part.
-//! - A file is written as `<name>.part`, given the object's mtime and its ETag in the
-//!   `user.pai-mount.etag` extended attribute, then renamed: a name without `.part` is always
-//!   complete. With `--fsync`, one `syncfs` at the end makes everything durable before success is
-//!   reported. A rerun skips files whose size and ETag match (size and mtime where the
-//!   filesystem has no user xattrs) and finishes the rest.
-//! - Memory: the namespace (about 72 bytes per object) plus at most `--jobs` requests of
-//!   `--part-size` bytes in flight.
+//! The copy itself is `pai_loader::copy` (shared with `pai_mount.copy`); this adds the
+//! progress bar, the summary line and the exit code.
 
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::Arc;
 
-use anyhow::{bail, Context};
-use futures::StreamExt;
-use pai_mount_fs::manifest::{self, BuildOptions, Etag};
+use pai_loader::copy::{copy_prefix, CopyOptions, CopyProgress};
 use pai_mount_fs::metrics::Metrics;
-use pai_mount_fs::object::ObjectSource;
-use pai_mount_fs::reader::PinnedObject;
-use tokio::sync::Semaphore;
 
 use crate::args::CpArgs;
 use crate::progress::{report_failures, Progress};
 
-const ETAG_XATTR: &str = "user.pai-mount.etag";
+/// The CLI's progress bar, made once the object count is known.
+#[derive(Default)]
+struct Bar(std::sync::OnceLock<Progress>);
 
-/// Why one object was not copied.
-#[derive(Debug)]
-enum CopyError {
-    /// The local disk is full: stop starting new copies.
-    DiskFull(std::io::Error),
-    Other(anyhow::Error),
-}
-
-impl From<std::io::Error> for CopyError {
-    fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-            CopyError::DiskFull(e)
-        } else {
-            CopyError::Other(e.into())
+impl CopyProgress for Bar {
+    fn start(&self, objects: u64, bytes: u64) {
+        let _ = self.0.set(Progress::new(objects, bytes));
+    }
+    fn finish_one(&self, bytes: u64, ok: bool) {
+        if let Some(p) = self.0.get() {
+            p.finish_one(bytes, ok);
         }
     }
 }
 
 pub fn run(a: CpArgs) -> anyhow::Result<()> {
     crate::init_logging("warn");
-    let dest = a.dest.clone();
-    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
-    check_writable(&dest)?;
     let rt = crate::runtime()?;
-    rt.block_on(copy_all(&a, &dest))
-}
-
-fn check_writable(dir: &Path) -> anyhow::Result<()> {
-    let probe = dir.join(format!(".pai-mount-cp-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("cannot write to {}", dir.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
-}
-
-async fn copy_all(a: &CpArgs, dest: &Path) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let source = crate::store::connect(&a.store, metrics.clone()).await?;
-    // Logs (at warn) when there is no manifest and the prefix is listed instead.
-    let (ns, _) = manifest::load_or_list(&source, &BuildOptions::default()).await?;
-    if ns.file_count() == 0 {
-        bail!("no objects under {}", source.source().display_root());
-    }
-    let skipped_keys = ns.skipped().total();
-    if skipped_keys > 0 {
-        eprintln!(
-            "note: {skipped_keys} keys cannot be file names and are not copied (docs/SEMANTICS.md)"
-        );
-    }
-    let progress = Arc::new(Progress::new(ns.file_count(), ns.total_bytes()));
-    let requests = Arc::new(Semaphore::new(a.jobs.max(1)));
-    let disk_full = Arc::new(AtomicBool::new(false));
-    let skipped = AtomicU64::new(0);
-    let not_started = AtomicU64::new(0);
-    let errors = Mutex::new(Vec::new());
-    let part = a.part_size.max(1 << 20);
-    let objects = ns
-        .files()
-        .filter_map(|id| Some((ns.pin(id)?, ns.info(id)?.mtime_ms)));
-    futures::stream::iter(objects)
-        .for_each_concurrent(a.jobs.max(1), |(o, mtime_ms)| {
-            let (source, requests, disk_full, progress) = (
-                source.clone(),
-                requests.clone(),
-                disk_full.clone(),
-                progress.clone(),
+    rt.block_on(async {
+        let metrics = Arc::new(Metrics::default());
+        let source = crate::store::connect(&a.store, metrics.clone()).await?;
+        let options = CopyOptions {
+            jobs: a.jobs,
+            part_size: a.part_size,
+            verify: !a.no_verify,
+            fsync: a.fsync,
+        };
+        let bar = Bar::default();
+        let report = copy_prefix(&source, &a.store.source, &a.dest, &options, &bar).await?;
+        if let Some(p) = bar.0.get() {
+            p.finish();
+        }
+        if report.unnamable_keys > 0 {
+            eprintln!(
+                "note: {} keys cannot be file names and are not copied (docs/SEMANTICS.md)",
+                report.unnamable_keys
             );
-            let (skipped, not_started, errors) = (&skipped, &not_started, &errors);
-            async move {
-                let size = o.size;
-                if disk_full.load(Ordering::Acquire) {
-                    not_started.fetch_add(1, Ordering::Relaxed);
-                    progress.finish_one(size, false);
-                    return;
-                }
-                let path = dest.join(&*o.key);
-                match copy_one(&source, &o, mtime_ms, &path, part, &requests, !a.no_verify).await {
-                    Ok(true) => progress.finish_one(size, true),
-                    Ok(false) => {
-                        skipped.fetch_add(1, Ordering::Relaxed);
-                        progress.finish_one(size, true);
-                    }
-                    Err(CopyError::DiskFull(e)) => {
-                        if !disk_full.swap(true, Ordering::AcqRel) {
-                            errors.lock().unwrap().push(format!(
-                                "{}: the disk is full ({e}); stopping",
-                                path.display()
-                            ));
-                        }
-                        not_started.fetch_add(1, Ordering::Relaxed);
-                        progress.finish_one(size, false);
-                    }
-                    Err(CopyError::Other(e)) => {
-                        errors.lock().unwrap().push(format!("{}: {e:#}", o.key));
-                        progress.finish_one(size, false);
-                    }
-                }
-            }
-        })
-        .await;
-    // With --fsync, one syncfs instead of an fsync per file: when cp reports success, every
-    // copied byte is on disk. Without it (like cp, rclone and ossutil), a kill of cp loses
-    // nothing (the page cache stays), and after a power loss a rerun recopies any file whose
-    // size does not match.
-    let synced = if a.fsync {
-        tokio::task::spawn_blocking({
-            let dest = dest.to_path_buf();
-            move || syncfs(&dest)
-        })
-        .await
-        .expect("syncfs panicked")
-    } else {
-        Ok(())
-    };
-    if let Err(e) = synced {
-        errors
-            .lock()
-            .unwrap()
-            .push(format!("{}: flushing to disk failed: {e}", dest.display()));
-    }
-    let (done, failed, secs) = progress.finish();
-    let skipped = skipped.load(Ordering::Relaxed);
-    let copied = done - failed - skipped;
-    let fetched = metrics.get_bytes.load(Ordering::Relaxed);
-    println!(
-        "copied {copied} objects, skipped {skipped} already complete, failed {failed} ({} not started after the disk filled), of {done} in {secs:.1} s: {fetched} bytes fetched, {:.1} MB/s",
-        not_started.load(Ordering::Relaxed),
-        fetched as f64 / secs / 1e6
-    );
-    let errors = errors.into_inner().unwrap();
-    report_failures(
-        &errors,
-        failed,
-        "objects were not copied (rerun to finish them)",
-    )
-}
-
-/// Copies one object unless a complete copy is there. `Ok(false)`: skipped.
-async fn copy_one(
-    source: &ObjectSource,
-    o: &PinnedObject,
-    mtime: i64,
-    path: &Path,
-    part: u64,
-    requests: &Arc<Semaphore>,
-    verify: bool,
-) -> Result<bool, CopyError> {
-    let etag = o.etag.as_deref().map(str::to_string);
-    if is_complete(path, o.size, etag.as_deref()) {
-        return Ok(false);
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = part_path(path);
-    let file = Arc::new(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?,
-    );
-    let ranges: Vec<_> = (0..o.size.div_ceil(part))
-        .map(|i| i * part..o.size.min((i + 1) * part))
-        .collect();
-    // The MD5 of a single-part ETag can be checked while the one range streams in.
-    let md5 = match Etag::parse(o.etag.as_deref()) {
-        Etag::Md5(m) if verify && ranges.len() <= 1 => Some(m),
-        _ => None,
-    };
-    let mut results = futures::stream::iter(ranges)
-        .map(|r| {
-            let (requests, file) = (requests.clone(), file.clone());
-            async move {
-                let _permit = requests.acquire_owned().await.expect("never closed");
-                fetch_range(source, o, file, r, md5).await
-            }
-        })
-        .buffer_unordered(16);
-    let mut result = Ok(());
-    while let Some(r) = results.next().await {
-        if let Err(e) = r {
-            result = Err(e);
-            break;
         }
-    }
-    drop(results);
-    if let Err(e) = result {
-        drop(file);
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let (path, size, etag) = (path.to_path_buf(), o.size, etag);
-    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        file.set_len(size)?;
-        if let Some(e) = &etag {
-            set_etag(&tmp, e);
-        }
-        file.set_modified(UNIX_EPOCH + Duration::from_millis(mtime.max(0) as u64))?;
-        drop(file);
-        std::fs::rename(&tmp, &path)
+        println!(
+            "copied {} objects, skipped {} already complete, failed {} ({} not started after the disk filled), of {} in {:.1} s: {} bytes fetched, {:.1} MB/s",
+            report.copied,
+            report.skipped,
+            report.failed,
+            report.not_started,
+            report.objects,
+            report.seconds,
+            report.bytes_fetched,
+            report.bytes_fetched as f64 / report.seconds.max(1e-3) / 1e6
+        );
+        report_failures(
+            &report.errors,
+            report.failed,
+            "objects were not copied (rerun to finish them)",
+        )
     })
-    .await
-    .expect("finishing a copy panicked")?;
-    Ok(true)
-}
-
-/// Streams one range into the file at its offset: the body goes chunk by chunk through a
-/// 4-chunk channel to a blocking writer, so a request holds a few chunks of memory
-/// however large its range. With `md5`, the chunks are hashed as they are written.
-async fn fetch_range(
-    source: &ObjectSource,
-    o: &PinnedObject,
-    file: Arc<std::fs::File>,
-    r: std::ops::Range<u64>,
-    md5: Option<[u8; 16]>,
-) -> Result<(), CopyError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(4);
-    let writer = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
-        use md5::Digest;
-        let mut hasher = md5.map(|_| md5::Md5::new());
-        while let Some((off, chunk)) = rx.blocking_recv() {
-            if let Some(h) = hasher.as_mut() {
-                h.update(&chunk);
-            }
-            file.write_all_at(&chunk, off)?;
-        }
-        if let (Some(want), Some(h)) = (md5, hasher) {
-            let got: [u8; 16] = h.finalize().into();
-            if got != want {
-                return Err(CopyError::Other(anyhow::anyhow!(
-                    "content does not match its MD5 ETag"
-                )));
-            }
-        }
-        Ok(())
-    });
-    let fetched = source
-        .get_range_chunks(&o.key, r, o.etag.as_deref(), o.size, |off, chunk| {
-            let tx = tx.clone();
-            async move {
-                tx.send((off, chunk))
-                    .await
-                    .map_err(|_| pai_mount_fs::object::ReadError::Store {
-                        key: o.key.to_string(),
-                        source: "the local write stopped".into(),
-                    })
-            }
-        })
-        .await;
-    drop(tx);
-    // A local failure (a full disk) explains a stopped transfer: report it first.
-    writer.await.expect("writer panicked")?;
-    fetched.map_err(|e| CopyError::Other(e.into()))
-}
-
-fn syncfs(dir: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(dir)?;
-    // SAFETY: syncfs on a descriptor we own; no memory is involved.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn part_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
-    path.with_file_name(name)
-}
-
-/// Whether `path` is a finished copy of this version of the object.
-fn is_complete(path: &Path, size: u64, etag: Option<&str>) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return false;
-    };
-    if !meta.is_file() || meta.len() != size {
-        return false;
-    }
-    match (etag, get_etag(path)) {
-        (Some(want), Some(got)) => want == got,
-        (None, _) => true,
-        // No xattr (a filesystem without user xattrs): the size matched, and the rename
-        // happened only after the whole file was written.
-        (Some(_), None) => !xattrs_supported(path),
-    }
-}
-
-fn cpath(p: &Path) -> Option<std::ffi::CString> {
-    std::ffi::CString::new(p.as_os_str().as_bytes()).ok()
-}
-
-fn set_etag(path: &Path, etag: &str) {
-    let (Some(p), Ok(name)) = (cpath(path), std::ffi::CString::new(ETAG_XATTR)) else {
-        return;
-    };
-    // SAFETY: both strings are NUL-terminated and outlive the call; the value pointer and
-    // length describe `etag`'s bytes.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            etag.as_ptr().cast(),
-            etag.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(path = %path.display(), "cannot record the etag: {}", std::io::Error::last_os_error());
-    }
-}
-
-fn get_etag(path: &Path) -> Option<String> {
-    let p = cpath(path)?;
-    let name = std::ffi::CString::new(ETAG_XATTR).ok()?;
-    let mut buf = [0u8; 256];
-    // SAFETY: the strings are NUL-terminated; `buf` is writable for its whole length.
-    let n = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    (n >= 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).to_string())
-}
-
-fn xattrs_supported(path: &Path) -> bool {
-    let Some(p) = cpath(path) else { return false };
-    let name = std::ffi::CString::new(ETAG_XATTR).expect("no NUL");
-    // SAFETY: a size query (null buffer, length 0) of a NUL-terminated path and name.
-    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-    n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTSUP)
 }

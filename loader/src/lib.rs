@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 
 pub use sampler::{Layout, Order, Sampler, Shuffle};
 
+pub mod copy;
 pub mod error;
 pub mod object_io;
 

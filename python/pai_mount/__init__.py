@@ -5,6 +5,7 @@
   and workers, exactly resumable (need torch; imported on first use).
 - ``open(url, "rb" | "wb")``: one object as a file (``torch.save``/``torch.load``).
 - ``build_manifest(url)``: list a prefix once and store its manifest.
+- ``copy(url, dest, jobs=32)``: copy a prefix to local disk (``pai-mount cp``), exact counts.
 
 Every call takes the store keywords ``region``, ``endpoint``, ``path_style``, ``internal``,
 ``anonymous``, ``access_key_id``, ``secret_access_key``, ``session_token`` and otherwise uses
@@ -18,6 +19,7 @@ from ._errors import (
     CorruptError,
     CredentialsError,
     Error,
+    IncompleteCopyError,
     InvalidArgumentError,
     NotFoundError,
     ObjectChangedError,
@@ -25,7 +27,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._dataset import Dataset, Sample
-from ._io import ObjectReader, ObjectWriter, build_manifest, build_tar_index, open
+from ._io import ObjectReader, ObjectWriter, build_manifest, build_tar_index, copy, open
 
 _TORCH_NAMES = ("IterableDataset", "DataLoader")
 
@@ -55,6 +57,7 @@ __all__ = [
     "open",
     "build_manifest",
     "build_tar_index",
+    "copy",
     "ObjectReader",
     "ObjectWriter",
     "Error",
@@ -65,4 +68,5 @@ __all__ = [
     "CorruptError",
     "OutOfRangeError",
     "UnavailableError",
+    "IncompleteCopyError",
 ]

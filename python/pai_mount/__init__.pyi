@@ -15,6 +15,8 @@ class ObjectChangedError(Error): ...
 class CorruptError(Error): ...
 class OutOfRangeError(Error, IndexError): ...
 class UnavailableError(Error, OSError): ...
+class IncompleteCopyError(Error):
+    report: Dict[str, Any]
 
 class Sample:
     index: int
@@ -123,3 +125,14 @@ def build_manifest(url: str, **store: Any) -> Tuple[int, int, int]: ...
 def build_tar_index(
     url: str, *, suffixes: Optional[List[str]] = ..., concurrency: int = ..., **store: Any
 ) -> Tuple[int, int]: ...
+def copy(
+    url: str,
+    dest: str,
+    *,
+    jobs: int = ...,
+    part_size: Union[int, str] = ...,
+    verify: bool = ...,
+    fsync: bool = ...,
+    check: bool = ...,
+    **store: Any,
+) -> Dict[str, Any]: ...

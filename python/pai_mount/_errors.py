@@ -41,6 +41,13 @@ class UnavailableError(Error, OSError):
     """The store could not be reached, or kept failing after retries."""
 
 
+class IncompleteCopyError(Error):
+    """``copy()`` could not copy every object; ``report`` has the exact counts and the first
+    errors. A rerun copies only what is missing."""
+
+    report: dict = {}
+
+
 __all__ = [
     "Error",
     "InvalidArgumentError",
@@ -50,4 +57,5 @@ __all__ = [
     "CorruptError",
     "OutOfRangeError",
     "UnavailableError",
+    "IncompleteCopyError",
 ]

@@ -1,6 +1,7 @@
 """Single objects as files: ``pai_mount.open`` and ``pai_mount.build_manifest``."""
 
 import io
+import os
 from typing import Any, Optional, Tuple
 
 from . import _native
@@ -159,3 +160,38 @@ def build_tar_index(url: str, *, suffixes: Optional[list] = None, concurrency: i
     opts = store_options(store)
     reject_unknown("build_tar_index", store)
     return _native.build_tar_index(url, opts, list(suffixes or []), concurrency)
+
+
+def copy(
+    url: str,
+    dest: str,
+    *,
+    jobs: int = 32,
+    part_size: Any = "8M",
+    verify: bool = True,
+    fsync: bool = False,
+    check: bool = True,
+    **store: Any,
+) -> dict:
+    """Copies every object under ``url`` into the local directory ``dest``, as
+    ``pai-mount cp`` does: parallel, pinned to each object's ETag, a file appears under its
+    name only complete, and a rerun finishes what is missing. Returns the exact counts
+    (``objects``, ``copied``, ``skipped``, ``failed``, ``not_started``, ``unnamable_keys``,
+    ``bytes_fetched``, ``seconds``, ``errors``). With ``check`` (the default) a copy with
+    failures raises ``IncompleteCopyError``, whose ``report`` holds the same counts."""
+    from ._errors import IncompleteCopyError
+    from ._torch_free import parse_bytes
+
+    store = dict(store)
+    opts = store_options(store)
+    reject_unknown("copy", store)
+    report = _native.copy(url, os.fspath(dest), opts, int(jobs), parse_bytes(part_size), bool(verify), bool(fsync))
+    if check and report["failed"]:
+        first = "; ".join(report["errors"][:3])
+        e = IncompleteCopyError(
+            f"{url}: {report['failed']} of {report['objects']} objects were not copied to {dest} "
+            f"(rerun to finish them): {first}"
+        )
+        e.url, e.report = url, report
+        raise e
+    return report

@@ -12,6 +12,7 @@ import torch
 import torch.utils.data
 
 from ._dataset import Dataset, Sample, reject_unknown, store_options
+from ._torch_free import parse_bytes
 
 try:  # default_collate keeps a batch of samples as a list (it has no rule for them)
     from torch.utils.data._utils.collate import default_collate_fn_map
@@ -24,17 +25,6 @@ _STATE_VERSION = 1
 
 # Slots of the control block a DataLoader shares with its workers.
 _EPOCH, _BASE, _GENERATION = 0, 1, 2
-
-
-def parse_bytes(v: Any) -> int:
-    """``256M``, ``1G``, ``512K`` or a number of bytes."""
-    if isinstance(v, int):
-        return v
-    s = str(v).strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if s and s[-1] in mult:
-        return int(float(s[:-1]) * mult[s[-1]])
-    return int(s)
 
 
 def _rank_world(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:

@@ -601,6 +601,55 @@ fn build_tar_index(
         .map_err(to_py)
 }
 
+/// Copies every object under `url` to the local directory `dest` (`pai-mount cp`). Returns
+/// the exact counts.
+#[pyfunction]
+#[pyo3(signature = (url, dest, store=None, jobs=32, part_size=8 << 20, verify=true, fsync=false))]
+#[allow(clippy::too_many_arguments)]
+fn copy<'py>(
+    py: Python<'py>,
+    url: String,
+    dest: std::path::PathBuf,
+    store: Option<&Bound<'_, PyDict>>,
+    jobs: usize,
+    part_size: u64,
+    verify: bool,
+    fsync: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let options = store_options(store)?;
+    let rt = runtime()?;
+    let copy = pai_loader::copy::CopyOptions {
+        jobs,
+        part_size,
+        verify,
+        fsync,
+    };
+    let report = py
+        .detach(|| {
+            let source = Source::parse(&url).map_err(|e| LoadError::from_source(&url, e))?;
+            let source = connect(rt, source, &url, &options)?;
+            rt.block_on(pai_loader::copy::copy_prefix(
+                &source,
+                &url,
+                &dest,
+                &copy,
+                &pai_loader::copy::NoProgress,
+            ))
+        })
+        .map_err(to_py)?;
+    let d = PyDict::new(py);
+    d.set_item("objects", report.objects)?;
+    d.set_item("copied", report.copied)?;
+    d.set_item("skipped", report.skipped)?;
+    d.set_item("failed", report.failed)?;
+    d.set_item("not_started", report.not_started)?;
+    d.set_item("unnamable_keys", report.unnamable_keys)?;
+    d.set_item("bytes_fetched", report.bytes_fetched)?;
+    d.set_item("seconds", report.seconds)?;
+    d.set_item("errors", report.errors)?;
+    Ok(d)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -611,5 +660,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObjectWriter>()?;
     m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(build_tar_index, m)?)?;
+    m.add_function(wrap_pyfunction!(copy, m)?)?;
     Ok(())
 }

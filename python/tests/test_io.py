@@ -90,3 +90,30 @@ def test_a_256_mib_state_dict_round_trips_through_torch_save_and_load(server):
     assert loaded.keys() == state.keys()
     for k in state:
         assert torch.equal(loaded[k], state[k]), k
+
+
+def test_copy_brings_a_prefix_to_local_disk_and_a_rerun_finishes_what_is_missing(server, dataset_url, tmp_path):
+    from conftest import N_SAMPLES, body, index_of
+
+    report = pm.copy(dataset_url, tmp_path / "ds", jobs=16, **server.store())
+    assert (report["objects"], report["copied"], report["failed"]) == (2 * N_SAMPLES, 2 * N_SAMPLES, 0)
+    files = sorted((tmp_path / "ds").rglob("*.jpg"))
+    assert len(files) == N_SAMPLES
+    for f in files[:10]:
+        assert f.read_bytes() == body(index_of(f.name))
+    files[0].unlink()
+    again = pm.copy(dataset_url, tmp_path / "ds", **server.store())
+    assert (again["copied"], again["skipped"]) == (1, 2 * N_SAMPLES - 1)
+
+
+def test_a_copy_that_cannot_finish_raises_with_the_counts(server, tmp_path):
+    server.put("cpfail/a.bin", b"a" * 1000)
+    server.put("cpfail/b.bin", b"b" * 1000)
+    pm.build_manifest("s3://bkt/cpfail", **server.store())
+    server.delete("cpfail/b.bin")
+    with pytest.raises(pm.IncompleteCopyError) as e:
+        pm.copy("s3://bkt/cpfail", tmp_path / "out", **server.store())
+    assert e.value.report["copied"] == 1 and e.value.report["failed"] == 1
+    assert "b.bin" in str(e.value)
+    report = pm.copy("s3://bkt/cpfail", tmp_path / "out", check=False, **server.store())
+    assert report["skipped"] == 1 and report["failed"] == 1

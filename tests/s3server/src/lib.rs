@@ -12,10 +12,13 @@
 //! - **faults**: the next N requests of a kind answer `503 SlowDown`, or GET bodies are cut
 //!   after a number of bytes, which models a connection reset mid-transfer.
 //!
+//! [`proxy::DelayProxy`] puts a real round trip (a delay each way) in front of it.
+//!
 //! Virtual-hosted addressing: a `Host` of `<bucket>.<domain>` (domain `s3.test` by default)
 //! selects the bucket; any other host is path-style.
 
 mod backend;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
-//! Runs the test server: `pai-test-s3 [--port N] [--latency-ms N] [--bucket B]... [--control]`
+//! Runs the test server: `pai-test-s3 [--port N] [--latency-ms N] [--bucket B]... [--control]
+//! [--proxy-delay-ms N [--proxy-window-kib N]]`
 //! Prints `endpoint=http://127.0.0.1:PORT` on the first line of stdout once it is listening,
-//! and runs until Ctrl-C.
+//! and runs until Ctrl-C. With `--proxy-delay-ms`, the endpoint is a delaying TCP proxy in
+//! front of the server (N ms each way, see `proxy.rs`), and a second line gives the server's
+//! own address: `direct=http://127.0.0.1:PORT`.
 //!
 //! With `--control` it reads commands from stdin, one per line, and answers each with one
 //! line on stdout (`ok ...` or `error ...`), so tests in other languages can inject faults and
@@ -9,6 +12,8 @@
 //! - `cut N BYTES`: the next N GET bodies are cut after BYTES;
 //! - `reset-puts N`: the next N PUTs lose their connection before an answer;
 //! - `put BUCKET KEY FILE`: stores the file's bytes (answers `ok ETAG`);
+//! - `fill BUCKET PREFIX COUNT SIZE`: stores COUNT objects `PREFIX000000.bin`... of SIZE bytes
+//!   each, distinct (the first 8 bytes are the index, little-endian);
 //! - `delete BUCKET KEY`; `keys BUCKET [PREFIX]` (answers `ok N`);
 //! - `counts` (answers `ok get=N head=N put=N list=N`).
 
@@ -16,6 +21,7 @@ use std::io::BufRead;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use pai_test_s3::proxy::{DelayProxy, ProxyConfig};
 use pai_test_s3::{Memory, ServerConfig, TestServer};
 
 fn command(backend: &Memory, line: &str) -> anyhow::Result<String> {
@@ -49,6 +55,18 @@ fn command(backend: &Memory, line: &str) -> anyhow::Result<String> {
             let data = std::fs::read(word(3)?)?;
             format!("ok {}", backend.put(word(1)?, word(2)?, data))
         }
+        "fill" => {
+            let (bucket, prefix) = (word(1)?, word(2)?);
+            let (count, size) = (num(3)?, num(4)? as usize);
+            for i in 0..count {
+                let mut data: Vec<u8> = (0..size).map(|j| (j as u64 * 7 + i) as u8).collect();
+                let head = i.to_le_bytes();
+                let n = head.len().min(size);
+                data[..n].copy_from_slice(&head[..n]);
+                backend.put(bucket, &format!("{prefix}{i:06}.bin"), data);
+            }
+            "ok".into()
+        }
         "delete" => {
             backend.delete(word(1)?, word(2)?);
             "ok".into()
@@ -81,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = ServerConfig::default();
     let mut buckets = Vec::new();
     let mut control = false;
+    let mut proxy: Option<ProxyConfig> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -94,6 +113,14 @@ async fn main() -> anyhow::Result<()> {
             "--access-key" => config.access_key = value()?,
             "--secret-key" => config.secret_key = value()?,
             "--control" => control = true,
+            "--proxy-delay-ms" => {
+                proxy.get_or_insert_with(ProxyConfig::default).one_way =
+                    Duration::from_millis(value()?.parse()?)
+            }
+            "--proxy-window-kib" => {
+                proxy.get_or_insert_with(ProxyConfig::default).window =
+                    value()?.parse::<usize>()? << 10
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -101,7 +128,18 @@ async fn main() -> anyhow::Result<()> {
     for b in &buckets {
         server.backend().create_bucket(b);
     }
-    println!("endpoint={}", server.endpoint());
+    let _proxy = match proxy {
+        Some(config) => {
+            let p = DelayProxy::start(server.addr(), config).await?;
+            println!("endpoint={}", p.endpoint());
+            println!("direct={}", server.endpoint());
+            Some(p)
+        }
+        None => {
+            println!("endpoint={}", server.endpoint());
+            None
+        }
+    };
     if !control {
         tokio::signal::ctrl_c().await?;
         return Ok(());
