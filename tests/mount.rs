@@ -212,6 +212,38 @@ fn bad_input_gives_one_clear_error_and_nonzero_exit() {
             vec!["mount", "s3://bkt", mp, "-o", "bogus"],
             "unknown mount option",
         ),
+        (
+            vec!["mount", "s3://bkt", mp, "--upload-part-size", "1M"],
+            "5M to 5G",
+        ),
+        (
+            vec!["mount", "s3://bkt", mp, "--upload-part-size", "0"],
+            "5M to 5G",
+        ),
+        (
+            vec!["mount", "s3://bkt", mp, "--threads", "0"],
+            "at least 1",
+        ),
+        (
+            vec!["mount", "s3://bkt", mp, "--max-requests", "0"],
+            "at least 1",
+        ),
+        (
+            vec!["mount", "s3://bkt", mp, "--part-size", "0"],
+            "more than 0",
+        ),
+        (
+            vec!["mount", "s3://bkt", mp, "--max-window", "0"],
+            "more than 0",
+        ),
+        (
+            vec!["mount", "s3://bkt", mp, "--prefetch-budget", "0"],
+            "more than 0",
+        ),
+        (
+            vec!["mount", "s3://bkt", mp, "--first-byte-timeout", "0"],
+            "more than 0",
+        ),
     ];
     for (args, needle) in cases {
         let err = fails(cmd(&s, &args).output().unwrap());
@@ -324,4 +356,101 @@ fn transient_503s_and_cut_connections_do_not_reach_readers() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     s.backend().faults.fail_next(0);
     assert_eq!(std::fs::read(m.path().join("f.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_stalled_store_fails_reads_within_the_read_bound_and_a_silent_one_fails_the_mount() {
+    let s = server();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 239) as u8).collect();
+    s.backend().put("bkt", "stalled/f.bin", data.clone());
+    s.backend().put("bkt", "stalled/g.bin", data.clone());
+    let m = mount(
+        &s,
+        "s3://bkt/stalled",
+        &[
+            "--read-timeout",
+            "4s",
+            "--first-byte-timeout",
+            "1s",
+            "--idle-timeout",
+            "1s",
+        ],
+    );
+    // One stalled request costs one first-byte bound, not minutes.
+    s.backend().faults.stall_next(1);
+    let t = std::time::Instant::now();
+    assert_eq!(std::fs::read(m.path().join("f.bin")).unwrap(), data);
+    assert!(t.elapsed().as_secs_f64() < 3.5, "{:?}", t.elapsed());
+    // Every request stalls: the read of a file not read before fails with EIO at the bound,
+    // and the log names the key.
+    s.backend().faults.stall_everything(true);
+    let t = std::time::Instant::now();
+    let err = std::fs::read(m.path().join("g.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(t.elapsed().as_secs_f64() < 10.0, "{:?}", t.elapsed());
+    let log = m.log();
+    assert!(
+        log.contains("reading g.bin: no answer within the read bound of 4 s"),
+        "{log}"
+    );
+    // Reads work again as soon as the store does.
+    s.backend().faults.stall_everything(false);
+    assert_eq!(std::fs::read(m.path().join("g.bin")).unwrap(), data);
+    drop(m);
+    // A store that accepts connections and never answers: the mount says what it waits for
+    // and gives up after 30 s.
+    s.backend().faults.stall_everything(true);
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::Instant::now();
+    let err = fails(
+        cmd(
+            &s,
+            &["mount", "s3://bkt/stalled", dir.path().to_str().unwrap()],
+        )
+        .output()
+        .unwrap(),
+    );
+    let took = t.elapsed().as_secs();
+    assert!((29..45).contains(&took), "{took} s: {err}");
+    assert!(err.contains("still waiting for s3://bkt/stalled"), "{err}");
+    assert!(err.contains("no answer from"), "{err}");
+    assert!(err.contains("within 30 s"), "{err}");
+    s.backend().faults.stall_everything(false);
+}
+
+#[test]
+fn unmount_returns_while_a_supervisor_has_not_reaped_the_exited_daemon() {
+    let s = server();
+    s.backend().put("bkt", "z/f.txt", b"hi".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().with_extension("log");
+    // A supervisor runs the daemon in the foreground as its child and reaps it only later.
+    let mut child = cmd(
+        &s,
+        &[
+            "mount",
+            "s3://bkt/z",
+            dir.path().to_str().unwrap(),
+            "--foreground",
+            "--read-only",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until(|| is_mounted(dir.path()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mp = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        let out = Command::new(BIN).arg("unmount").arg(&mp).output().unwrap();
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("unmount returned while the daemon was a zombie");
+    ok(out);
+    assert!(child.wait().unwrap().success());
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use pai_mount_fs::object::Deadlines;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +69,54 @@ pub struct StoreArgs {
     /// Resolve HOST to ADDR:PORT instead of using DNS, like curl's --resolve (repeatable)
     #[arg(long, value_name = "HOST:ADDR:PORT", value_parser = parse_resolve)]
     pub resolve: Vec<(String, SocketAddr)>,
+    #[arg(long, value_parser = parse_positive_duration,
+          help = default_help("Bound of a TCP and TLS handshake", Deadlines::default().connect))]
+    pub connect_timeout: Option<Duration>,
+    #[arg(long, value_parser = parse_positive_duration,
+          help = default_help("Bound from sending a request to its answer's first byte (plus 1s per MiB sent)",
+                              Deadlines::default().first_byte))]
+    pub first_byte_timeout: Option<Duration>,
+    #[arg(long, value_parser = parse_positive_duration,
+          help = default_help("Longest silence inside a response body before the transfer is resumed on a new connection",
+                              Deadlines::default().idle))]
+    pub idle_timeout: Option<Duration>,
+    /// Ceiling of the adaptive limit of requests in flight to the endpoint, shared by the
+    /// whole process (it shrinks when the store throttles and grows back)
+    #[arg(long, value_parser = parse_positive_usize)]
+    pub max_concurrency: Option<usize>,
+}
+
+impl StoreArgs {
+    /// The request bounds, with the library's defaults for what was not given.
+    pub fn deadlines(&self) -> Deadlines {
+        let d = Deadlines::default();
+        Deadlines {
+            connect: self.connect_timeout.unwrap_or(d.connect),
+            first_byte: self.first_byte_timeout.unwrap_or(d.first_byte),
+            idle: self.idle_timeout.unwrap_or(d.idle),
+        }
+    }
+}
+
+/// A help line that shows a default declared elsewhere.
+fn default_help(what: &str, default: Duration) -> String {
+    format!("{what} [default: {}s]", default.as_secs_f64())
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
+fn parse_positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 fn parse_resolve(s: &str) -> Result<(String, SocketAddr), String> {
@@ -99,10 +148,14 @@ pub struct MountArgs {
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// FUSE worker threads
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = parse_positive_usize)]
     pub threads: usize,
+    #[arg(long, value_parser = parse_positive_duration,
+          help = default_help("Longest a read waits for the store before it fails with EIO (and logs the key)",
+                              pai_mount_fs::fs::DEFAULT_READ_TIMEOUT))]
+    pub read_timeout: Option<Duration>,
     /// Listings in flight when the prefix must be listed
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = parse_positive_usize)]
     pub list_concurrency: usize,
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -127,13 +180,13 @@ pub struct WriteArgs {
     #[arg(long)]
     pub staging_dir: Option<PathBuf>,
     /// Part size of multipart uploads; smaller files go in one PUT
-    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    #[arg(long, value_parser = parse_upload_part_size, default_value = "16M")]
     pub upload_part_size: u64,
     /// Files uploading at once
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = parse_positive_usize)]
     pub upload_files: usize,
     /// Upload parts in flight for the whole mount (each holds one part in memory)
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = parse_positive_usize)]
     pub upload_parts: usize,
     /// Renaming a directory with more entries than this fails with EXDEV (mv then copies)
     #[arg(long, default_value_t = 10_000)]
@@ -152,7 +205,7 @@ pub struct WriteArgs {
     pub no_passthrough: bool,
     /// Attempts of one upload (each after the HTTP layer's own retries) before it is marked
     /// failed and kept for the next mount
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub upload_attempts: u32,
     /// Delay before the second attempt; doubled for each further one, at most 30s
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
@@ -166,22 +219,22 @@ pub struct CacheArgs {
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Largest size of the disk cache
-    #[arg(long, value_parser = parse_size, default_value = "10G")]
+    #[arg(long, value_parser = parse_positive_size, default_value = "10G")]
     pub cache_size: u64,
     /// Stop filling the cache when its filesystem has less free space than this
     #[arg(long, value_parser = parse_size, default_value = "5G")]
     pub cache_min_free: u64,
     /// Memory all open files together may hold in prefetched data
-    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    #[arg(long, value_parser = parse_positive_size, default_value = "1G")]
     pub prefetch_budget: u64,
     /// Size of each ranged GET a sequential reader prefetches
-    #[arg(long, value_parser = parse_size, default_value = "8M")]
+    #[arg(long, value_parser = parse_positive_size, default_value = "8M")]
     pub part_size: u64,
     /// Largest prefetch window of one open file
-    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    #[arg(long, value_parser = parse_positive_size, default_value = "64M")]
     pub max_window: u64,
     /// GET requests in flight for the whole mount (bounds connection and buffer memory)
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = parse_positive_usize)]
     pub max_requests: usize,
     /// Disk cache I/O engine: auto (io_uring, else pread), uring or pread
     #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "pread"])]
@@ -195,7 +248,7 @@ pub struct WarmArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
     /// Objects (or files) read in parallel
-    #[arg(long, short = 'j', default_value_t = 16)]
+    #[arg(long, short = 'j', default_value_t = 16, value_parser = parse_positive_usize)]
     pub jobs: usize,
 }
 
@@ -206,10 +259,10 @@ pub struct CpArgs {
     /// Local directory; keys relative to the source prefix become paths under it
     pub dest: PathBuf,
     /// Requests in flight (objects, and parts of large objects)
-    #[arg(long, short = 'j', default_value_t = 32)]
+    #[arg(long, short = 'j', default_value_t = 32, value_parser = parse_positive_usize)]
     pub jobs: usize,
     /// Objects larger than this are fetched as parallel ranges of this size
-    #[arg(long, value_parser = parse_size, default_value = "8M")]
+    #[arg(long, value_parser = parse_positive_size, default_value = "8M")]
     pub part_size: u64,
     /// Skip the MD5 check of single-part objects (ETag and size pinning still apply)
     #[arg(long)]
@@ -250,7 +303,7 @@ pub enum ManifestCommand {
         #[arg(long)]
         output: Option<PathBuf>,
         /// Listings in flight
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = parse_positive_usize)]
         list_concurrency: usize,
     },
     /// Index the WebDataset tar shards (*.tar) under a prefix for the loader: reads every
@@ -259,7 +312,7 @@ pub enum ManifestCommand {
         #[command(flatten)]
         store: StoreArgs,
         /// Shards read at once (each is held in memory while it is indexed)
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = parse_positive_usize)]
         concurrency: usize,
     },
     /// Show a manifest: from the bucket, or a local file with --file
@@ -275,7 +328,7 @@ pub enum ManifestCommand {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Objects in the sample dataset
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = parse_positive_usize)]
     pub objects: usize,
     /// First-byte latency of the embedded server, in milliseconds
     #[arg(long, default_value_t = 20)]
@@ -308,6 +361,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A size that must be more than 0.
+pub fn parse_positive_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("must be more than 0".into()),
+        n => Ok(n),
+    }
+}
+
+/// A multipart part size: S3 and OSS refuse parts below 5 MiB (but the last) and above 5 GiB,
+/// so anything outside would fail every large upload at its completion.
+pub fn parse_upload_part_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(5 << 20..=5 << 30).contains(&n) {
+        return Err(format!(
+            "{s:?}: a multipart part must be 5M to 5G (the store refuses smaller and larger parts)"
+        ));
+    }
+    Ok(n)
 }
 
 /// `90s`, `10m`, `2h`, `1d`, or plain seconds.

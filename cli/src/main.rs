@@ -34,8 +34,12 @@ fn main() -> std::process::ExitCode {
 
 /// Logs to stderr; `PAI_MOUNT_LOG` sets the filter (default `info`).
 pub(crate) fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PAI_MOUNT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // fuser warns that its own unmount at session drop failed after ours succeeded (EINVAL:
+    // no longer mounted); only its errors are worth a line.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("PAI_MOUNT_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{default},fuser::session=error"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -5,7 +5,7 @@
 //! credentials, bucket, manifest, mount point) happens before the command returns, and a
 //! failure is an error message and a non-zero exit code.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,11 +146,20 @@ fn daemonize(a: &MountArgs) -> anyhow::Result<()> {
         .spawn()
         .context("starting the daemon")?;
     drop(write_end);
-    let mut report = String::new();
-    std::fs::File::from(read_end)
-        .read_to_string(&mut report)
-        .context("waiting for the daemon")?;
-    match report.lines().next() {
+    // The daemon writes `wait: ...` lines while it waits for the store, then `ok` or
+    // `error: ...`.
+    let mut report = None;
+    for line in std::io::BufReader::new(std::fs::File::from(read_end)).lines() {
+        let line = line.context("waiting for the daemon")?;
+        match line.strip_prefix("wait: ") {
+            Some(notice) => eprintln!("{notice}"),
+            None => {
+                report = Some(line);
+                break;
+            }
+        }
+    }
+    match report.as_deref() {
         Some("ok") => {
             eprintln!(
                 "mounted {} at {} (daemon pid {}, log {})",
@@ -171,7 +180,7 @@ fn daemonize(a: &MountArgs) -> anyhow::Result<()> {
 
 /// Mounts and serves until unmounted. Reports readiness or the failure on `ready`.
 fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
-    let result = start(&a);
+    let result = start(&a, ready.as_ref());
     let (session, fs, rt, refresh) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -244,8 +253,10 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
             mp.clone(),
             a.cache.cache_dir.clone(),
         );
+        let own_start = status::proc_stat(std::process::id()).map_or(0, |(_, t)| t);
         move |state: &str, outcome: Option<String>| DaemonStatus {
             pid: std::process::id(),
+            started: own_start,
             mountpoint: mp.clone(),
             source: a_source.clone(),
             state: state.to_string(),
@@ -387,10 +398,13 @@ type Started = (
     Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 );
 
-fn start(a: &MountArgs) -> anyhow::Result<Started> {
+fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Started> {
     let mp = mountpoint::check(&a.mountpoint)?;
     let mut fs_config = FsConfig {
         ttl: a.metadata_ttl,
+        read_timeout: a
+            .read_timeout
+            .unwrap_or(pai_mount_fs::fs::DEFAULT_READ_TIMEOUT),
         ..FsConfig::default()
     };
     let mut mount_options = MountOptions {
@@ -406,7 +420,17 @@ fn start(a: &MountArgs) -> anyhow::Result<Started> {
     }
     let rt = crate::runtime()?;
     let metrics = Arc::new(Metrics::default());
-    let source = rt.block_on(crate::store::connect(&a.store, metrics.clone()))?;
+    let source = rt.block_on(crate::store::connect_with(
+        &a.store,
+        metrics.clone(),
+        &|line| {
+            tracing::warn!("{line}");
+            if let Some(r) = notices {
+                // The mounting process prints these lines while it waits.
+                let _ = writeln!(&*r, "wait: {line}");
+            }
+        },
+    ))?;
     let build = BuildOptions {
         concurrency: a.list_concurrency,
     };
@@ -552,12 +576,10 @@ pub fn unmount(a: UnmountArgs) -> anyhow::Result<()> {
         bail!("{} is not a mount point", path.display());
     }
     let status_file = status::status_path(&path)?;
-    let daemon = status::read(&status_file)
-        .filter(|s| s.state == "mounted" && status::alive(s.pid))
-        .map(|s| s.pid);
-    if let (true, Some(pid)) = (a.lazy, daemon) {
+    let daemon = status::read(&status_file).filter(|s| s.state == "mounted" && status::alive(s));
+    if let (true, Some(d)) = (a.lazy, &daemon) {
         // SAFETY: kill sends a signal to the daemon we started; no memory is involved.
-        unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+        unsafe { libc::kill(d.pid as i32, libc::SIGUSR1) };
         std::thread::sleep(Duration::from_millis(100));
     }
     mountpoint::unmount(&path, a.detach).map_err(|e| {
@@ -571,13 +593,18 @@ pub fn unmount(a: UnmountArgs) -> anyhow::Result<()> {
         }
     })?;
     eprintln!("unmounted {}", path.display());
-    let Some(pid) = daemon else {
+    let Some(daemon) = daemon else {
         return Ok(());
     };
     // The daemon finishes (or, with --lazy, leaves) pending uploads, then exits.
     let mut last = String::new();
-    while status::alive(pid) {
+    // Done when the daemon is gone, a zombie (a supervisor reaps it later), or has said
+    // it exited.
+    while status::alive(&daemon) {
         if let Some(s) = status::read(&status_file) {
+            if s.state == "exited" {
+                break;
+            }
             if let (Some(line), "draining") = (&s.outcome, s.state.as_str()) {
                 if *line != last {
                     eprintln!("{line}");

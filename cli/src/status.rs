@@ -16,6 +16,10 @@ use crate::args::StatusArgs;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub pid: u32,
+    /// The daemon's start time (clock ticks after boot, `/proc/PID/stat` field 22), so a pid
+    /// reused by another process is not taken for the daemon.
+    #[serde(default)]
+    pub started: u64,
     pub mountpoint: PathBuf,
     pub source: String,
     /// `mounted`, `draining` (unmounted, finishing uploads), or `exited`.
@@ -78,9 +82,30 @@ pub fn read(path: &Path) -> Option<DaemonStatus> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-pub fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists; nothing is delivered.
-    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+/// Whether the daemon that wrote `s` still runs: its pid exists, is not a zombie (exited,
+/// not yet reaped by a supervisor), and started when the daemon did (not a reused pid).
+pub fn alive(s: &DaemonStatus) -> bool {
+    match proc_stat(s.pid) {
+        Some((state, started)) => {
+            state != 'Z' && state != 'X' && (s.started == 0 || started == s.started)
+        }
+        None => false,
+    }
+}
+
+/// The state letter and start time of `pid`, from `/proc/PID/stat`.
+pub fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22 overall is the 20th after the state (field 3).
+    let started = fields.nth(18)?.parse().ok()?;
+    Some((state, started))
 }
 
 pub fn mib(bytes: u64) -> String {
@@ -89,7 +114,7 @@ pub fn mib(bytes: u64) -> String {
 
 fn describe(s: &DaemonStatus) -> String {
     let mut out = format!("{} on {}\n", s.source, s.mountpoint.display());
-    let state = if alive(s.pid) || s.state == "exited" {
+    let state = if alive(s) || s.state == "exited" {
         s.state.clone()
     } else {
         "daemon not running (it was killed; pending uploads resume at the next mount)".into()

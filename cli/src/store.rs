@@ -1,6 +1,7 @@
 //! Turning store arguments into a connected source.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use pai_mount_fs::metrics::Metrics;
@@ -22,18 +23,66 @@ pub fn options(a: &StoreArgs) -> StoreOptions {
             session_token: a.session_token.clone(),
         },
         resolve: a.resolve.clone(),
-        request_timeout: None,
+        deadlines: a.deadlines(),
+        max_concurrency: a.max_concurrency,
     }
 }
 
-/// Parses the URL, resolves credentials and checks that the bucket answers.
+/// The longest the check that a store answers may take, credentials included: long enough
+/// for a few timed-out requests to be retried, short enough that a mount against a dead or
+/// silent endpoint fails while someone is still watching.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a check that is still waiting says so.
+const CHECK_NOTICE_EVERY: Duration = Duration::from_secs(5);
+
+/// Parses the URL, resolves credentials and checks that the bucket answers, telling on
+/// stderr what it waits for when that takes long.
 pub async fn connect(a: &StoreArgs, metrics: Arc<Metrics>) -> anyhow::Result<ObjectSource> {
+    connect_with(a, metrics, &|line| eprintln!("{line}")).await
+}
+
+/// [`connect`], with the waiting notices sent to `notify`.
+pub async fn connect_with(
+    a: &StoreArgs,
+    metrics: Arc<Metrics>,
+    notify: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<ObjectSource> {
     let source = Source::parse(&a.source)?;
-    let s = ObjectSource::connect(source, &options(a), &ProcessEnv, metrics).await?;
-    s.probe()
-        .await
-        .with_context(|| format!("checking {}", s.source()))?;
-    Ok(s)
+    let options = options(a);
+    let endpoint = a.endpoint.clone().unwrap_or_else(|| match &a.region {
+        Some(r) => format!("the {r} endpoint"),
+        None => "the default endpoint".into(),
+    });
+    let stage = std::sync::Mutex::new("resolving credentials");
+    let work = async {
+        let s = ObjectSource::connect(source.clone(), &options, &ProcessEnv, metrics).await?;
+        *stage.lock().unwrap() = "listing one key (the bucket check)";
+        s.probe()
+            .await
+            .with_context(|| format!("checking {}", s.source()))?;
+        anyhow::Ok(s)
+    };
+    tokio::pin!(work);
+    let started = tokio::time::Instant::now();
+    let mut notices = tokio::time::interval_at(started + CHECK_NOTICE_EVERY, CHECK_NOTICE_EVERY);
+    let deadline = tokio::time::sleep(CHECK_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = notices.tick() => notify(&format!(
+                "still waiting for {source} at {endpoint}: {} ({} s)",
+                stage.lock().unwrap(),
+                started.elapsed().as_secs()
+            )),
+            _ = &mut deadline => anyhow::bail!(
+                "{source}: no answer from {endpoint} within {} s while {}; check --endpoint, \
+                 --region and --internal, and that this machine can reach the store",
+                CHECK_TIMEOUT.as_secs(),
+                stage.lock().unwrap()
+            ),
+        }
+    }
 }
 
 /// The reader factory for a mount or a warm-up: prefetching, with the disk cache if asked.

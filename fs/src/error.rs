@@ -25,6 +25,8 @@ pub enum FsError {
     NameTooLong,
     #[error("operation not supported")]
     Unsupported,
+    #[error("no ioctls on this file system")]
+    NoIoctl,
     #[error("file exists")]
     Exists,
     #[error("directory not empty")]
@@ -59,6 +61,8 @@ impl FsError {
             FsError::BadHandle(_) => libc::EBADF,
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Unsupported => libc::ENOTSUP,
+            // What a regular file answers to terminal ioctls (isatty), so probes stay quiet.
+            FsError::NoIoctl => libc::ENOTTY,
             FsError::Exists => libc::EEXIST,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::CrossDevice { .. } => libc::EXDEV,
@@ -94,7 +98,7 @@ fn io_errno(e: &std::io::Error) -> i32 {
 fn read_errno(e: &ReadError) -> i32 {
     match e {
         ReadError::Changed { .. } | ReadError::Gone { .. } => libc::ESTALE,
-        ReadError::Short { .. } | ReadError::Store { .. } => libc::EIO,
+        ReadError::Short { .. } | ReadError::Store { .. } | ReadError::TimedOut { .. } => libc::EIO,
     }
 }
 

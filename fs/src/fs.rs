@@ -57,6 +57,11 @@ pub const MAX_RETIRED: usize = 2;
 /// Default entry and attribute TTL. The manifest is a snapshot, so attributes cannot change
 /// under the kernel unless a refresh is configured (then the refresh interval caps the TTL).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest a read through the mount waits for the store before it fails with `EIO`. A
+/// minute outlasts a throttling episode and the request-level retries of a stalled
+/// connection (each bounded in seconds), and is short enough that a training job or a shell
+/// sees the failure instead of hanging.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Ownership, modes and caching of the mount.
 #[derive(Debug, Clone)]
@@ -67,6 +72,8 @@ pub struct FsConfig {
     pub dir_mode: u16,
     /// Entry and attribute TTL given to the kernel.
     pub ttl: Duration,
+    /// Bound of one read that needs the store ([`DEFAULT_READ_TIMEOUT`]).
+    pub read_timeout: Duration,
 }
 
 impl Default for FsConfig {
@@ -79,6 +86,7 @@ impl Default for FsConfig {
             file_mode: 0o644,
             dir_mode: 0o755,
             ttl: DEFAULT_TTL,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
@@ -506,6 +514,25 @@ impl Fs {
         Ok(self.target_attr(&t))
     }
 
+    /// `getattr` through an open handle (`fstat`): a file unlinked while open still answers,
+    /// from its node, with `nlink` 0, as POSIX wants for unlink-after-open temporary files.
+    pub fn getattr_open(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+        let resolved = self.resolve(ino);
+        let open = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned());
+        if let Some(OpenFile::Node { node, .. }) = open.as_deref() {
+            if node.ino == ino {
+                let linked = matches!(&resolved, Ok((Target::File(n), _)) if Arc::ptr_eq(n, node));
+                let mut attr = self.target_attr(&Target::File(node.clone()));
+                if !linked {
+                    attr.nlink = 0;
+                }
+                return Ok(attr);
+            }
+        }
+        let (t, _) = resolved?;
+        Ok(self.target_attr(&t))
+    }
+
     /// Lists a directory from `offset` (0 = start; entries 0 and 1 are `.` and `..`).
     /// `add` returns `true` when the reply buffer is full. With `plus`, every entry other than
     /// `.` and `..` that `add` accepts counts as a lookup.
@@ -734,7 +761,7 @@ impl Fs {
                 return self.read_node(node, reader, offset, len).await;
             }
         };
-        match reader.read(offset, len).await {
+        match self.bounded(&key, reader.read(offset, len)).await {
             Ok(b) => {
                 Metrics::add(&self.metrics.read_bytes, b.len() as u64);
                 Metrics::add(&self.metrics.reads, 1);
@@ -748,10 +775,27 @@ impl Fs {
                 ) {
                     Metrics::add(&self.metrics.stale_reads, 1);
                 }
+                // The adapter logs the failure once, with this message (key and cause).
                 tracing::debug!(key = %key, "read failed: {e}");
                 Err(e.into())
             }
         }
+    }
+
+    /// `read`, failed with [`ReadError::TimedOut`](crate::object::ReadError::TimedOut) after
+    /// the configured read bound.
+    async fn bounded(
+        &self,
+        key: &str,
+        read: impl std::future::Future<Output = Result<Bytes, crate::object::ReadError>>,
+    ) -> Result<Bytes, crate::object::ReadError> {
+        let after = self.config.read_timeout;
+        tokio::time::timeout(after, read).await.unwrap_or_else(|_| {
+            Err(crate::object::ReadError::TimedOut {
+                key: key.to_string(),
+                after,
+            })
+        })
     }
 
     /// Reads a file with a node: its staged bytes, else its current object.
@@ -790,7 +834,7 @@ impl Fs {
                     Some((etag, r)) if *etag == remote.etag => r.clone(),
                     _ => {
                         let r: Arc<dyn ObjectReader> = Arc::from(self.readers.open(PinnedObject {
-                            key: key.into(),
+                            key: key.as_str().into(),
                             size: remote.size,
                             etag: remote.etag.clone().map(Into::into),
                         }));
@@ -799,7 +843,7 @@ impl Fs {
                     }
                 }
             };
-            reader.read(offset, len).await?
+            self.bounded(&key, reader.read(offset, len)).await?
         };
         Metrics::add(&self.metrics.read_bytes, bytes.len() as u64);
         Metrics::add(&self.metrics.reads, 1);

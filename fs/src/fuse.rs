@@ -248,8 +248,8 @@ impl fuser::Filesystem for FuseAdapter {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr_open(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.fs.config().ttl, &to_fuse(&a)),
             Err(e) => {
                 log_failure("getattr", ino.0, &e);
@@ -602,6 +602,22 @@ impl fuser::Filesystem for FuseAdapter {
                 reply.error(errno(&e))
             }
         }
+    }
+
+    // No ioctls: ENOTTY, as a regular file answers `isatty` (Python's `open` asks each time),
+    // without a log line.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(errno(&FsError::NoIoctl));
     }
 
     // No extended attributes: ENOSYS tells the kernel once, and it stops asking.

@@ -471,6 +471,10 @@ fn clone_error(e: &ReadError) -> ReadError {
             wanted: *wanted,
             got: *got,
         },
+        ReadError::TimedOut { key, after } => ReadError::TimedOut {
+            key: key.clone(),
+            after: *after,
+        },
         ReadError::Store { key, source } => ReadError::Store {
             key: key.clone(),
             source: source.to_string().into(),

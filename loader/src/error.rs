@@ -106,11 +106,13 @@ impl LoadError {
                 key: Some(key),
                 why,
             },
-            ReadError::Short { .. } | ReadError::Store { .. } => Self::Unavailable {
-                url,
-                key: Some(key),
-                why,
-            },
+            ReadError::Short { .. } | ReadError::Store { .. } | ReadError::TimedOut { .. } => {
+                Self::Unavailable {
+                    url,
+                    key: Some(key),
+                    why,
+                }
+            }
         }
     }
 

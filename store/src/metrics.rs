@@ -39,6 +39,8 @@ pub const BUDGET_HELD: &str = "prefetch.budget_held_bytes";
 pub const BUDGET_PEAK: &str = "prefetch.budget_peak_bytes";
 pub const PARTS_LIVE: &str = "prefetch.part_bytes_live";
 pub const PARTS_PEAK: &str = "prefetch.part_bytes_peak";
+pub const REQUESTS_THROTTLED: &str = "object.requests_throttled";
+pub const REQUEST_TIMEOUTS: &str = "object.request_timeouts";
 
 /// Process-wide counters, shared through an `Arc`.
 #[derive(Debug, Default)]
@@ -90,6 +92,10 @@ pub struct Metrics {
     /// Bytes of fetched parts (demand and prefetch) alive now, and the most ever.
     pub parts_live: AtomicU64,
     pub parts_peak: AtomicU64,
+    /// Answers that asked us to slow down (503, 429, `x-oss-qos-delay-time`); each is retried.
+    pub requests_throttled: AtomicU64,
+    /// Requests abandoned for a connect, first-byte or idle-body timeout; each is retried.
+    pub request_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -135,6 +141,8 @@ impl Metrics {
             (BUDGET_PEAK, g(&self.budget_peak)),
             (PARTS_LIVE, g(&self.parts_live)),
             (PARTS_PEAK, g(&self.parts_peak)),
+            (REQUESTS_THROTTLED, g(&self.requests_throttled)),
+            (REQUEST_TIMEOUTS, g(&self.request_timeouts)),
         ]
     }
 

@@ -126,8 +126,20 @@ impl Fs {
         }
     }
 
-    /// The path of a new entry `name` in `parent`: a valid name, in a directory, not taken.
-    fn new_path(&self, parent: u64, name: &[u8]) -> Result<String, FsError> {
+    /// Fails with `ENAMETOOLONG` when the object of `path` would have a key longer than the
+    /// store allows (a directory's marker key ends in `/`), instead of accepting a file whose
+    /// upload can never succeed.
+    fn check_key_len(&self, path: &str, dir: bool) -> Result<(), FsError> {
+        let len = self.wb()?.source().full_key(path).len() + usize::from(dir);
+        if len > crate::object::MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        Ok(())
+    }
+
+    /// The path of a new entry `name` in `parent`: a valid name, in a directory, not taken,
+    /// with a key the store accepts.
+    fn new_path(&self, parent: u64, name: &[u8], is_new_dir: bool) -> Result<String, FsError> {
         let name = check_name(name, parent == ROOT_INO)?;
         let (dir, dir_path) = self.resolve_path(parent)?;
         if !is_dir(&dir) {
@@ -135,7 +147,11 @@ impl Fs {
         }
         match self.child(&dir, &dir_path, name) {
             Ok(_) => Err(FsError::Exists),
-            Err(FsError::NotFound) => Ok(overlay::join(&dir_path, name)),
+            Err(FsError::NotFound) => {
+                let path = overlay::join(&dir_path, name);
+                self.check_key_len(&path, is_new_dir)?;
+                Ok(path)
+            }
             Err(e) => Err(e),
         }
     }
@@ -143,7 +159,7 @@ impl Fs {
     /// Creates and opens a new, empty file. Returns its attributes and handle.
     pub async fn create(&self, parent: u64, name: &[u8]) -> Result<(Attr, u64), FsError> {
         let wb = self.wb()?;
-        let path = self.new_path(parent, name)?;
+        let path = self.new_path(parent, name, false)?;
         let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
         wb.stage(&node, true).await?;
         self.overlay
@@ -313,7 +329,7 @@ impl Fs {
     /// Makes a directory: an empty marker object `name/`.
     pub async fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         let wb = self.wb()?;
-        let path = self.new_path(parent, name)?;
+        let path = self.new_path(parent, name, true)?;
         wb.mark_dirty()?;
         wb.source().marker(&path, true).await?;
         let t = Target::Dir {
@@ -404,6 +420,7 @@ impl Fs {
             Err(e) => return Err(e),
         };
         let src_dir = is_dir(&src);
+        self.check_key_len(&dpath, src_dir)?;
         if let Some(d) = &dst {
             if no_replace {
                 return Err(FsError::Exists);

@@ -88,7 +88,8 @@ impl WriteConfig {
 /// Errors of the write path.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteBackError {
-    #[error("staging: {0}")]
+    /// A local I/O error of the staging directory (callers add which file and what for).
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error(transparent)]
     Store(#[from] WriteError),

@@ -427,6 +427,60 @@ async fn closing_a_duplicate_descriptor_uploads_nothing_until_the_file_is_releas
 }
 
 #[tokio::test]
+async fn paths_whose_keys_pass_the_stores_limit_are_enametoolong_at_create_mkdir_and_rename() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(&[], tmp.path()).await;
+    let mut dir = ROOT_INO;
+    for c in [b'a', b'b', b'c', b'd'] {
+        dir = rig.fs.mkdir(dir, &[c; 250]).await.unwrap().ino;
+    }
+    // The directory is 4 x 250 + 3 = 1003 bytes; its marker key 1004.
+    let fits = vec![b'f'; 1024 - 1004];
+    let (_, fh) = rig.fs.create(dir, &fits).await.unwrap();
+    rig.close(fh).await;
+    let long = vec![b'g'; 1024 - 1004 + 1];
+    fn errno<T>(r: Result<T, FsError>) -> i32 {
+        r.map(|_| ()).unwrap_err().errno()
+    }
+    assert_eq!(errno(rig.fs.create(dir, &long).await), libc::ENAMETOOLONG);
+    // A directory needs one byte more: its marker ends in '/'.
+    let dir_name = vec![b'h'; fits.len()];
+    assert_eq!(
+        errno(rig.fs.mkdir(dir, &dir_name).await),
+        libc::ENAMETOOLONG
+    );
+    rig.fs.mkdir(dir, &dir_name[1..]).await.unwrap();
+    assert_eq!(
+        errno(rig.fs.rename(dir, &fits, dir, &long, false).await),
+        libc::ENAMETOOLONG
+    );
+    rig.wb().drain(|_| {}).await;
+    assert_eq!(
+        rig.wb().status().failed.len(),
+        0,
+        "nothing unuploadable was accepted"
+    );
+}
+
+#[tokio::test]
+async fn fstat_of_a_file_unlinked_while_open_answers_with_nlink_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(&[], tmp.path()).await;
+    let (attr, fh) = rig.fs.create(ROOT_INO, b"tmp.XXXX").await.unwrap();
+    rig.fs.write(fh, 0, &pattern(5_000, 2)).await.unwrap();
+    assert_eq!(rig.fs.getattr_open(attr.ino, Some(fh)).unwrap().nlink, 1);
+    rig.fs.unlink(ROOT_INO, b"tmp.XXXX").await.unwrap();
+    let after = rig.fs.getattr_open(attr.ino, Some(fh)).unwrap();
+    assert_eq!((after.nlink, after.size), (0, 5_000));
+    // Reads and writes through the handle keep working; nothing reaches the bucket.
+    rig.fs.write(fh, 5_000, b"more").await.unwrap();
+    assert_eq!(rig.fs.read(fh, 4_998, 10).await.unwrap().len(), 6);
+    rig.close(fh).await;
+    rig.wb().drain(|_| {}).await;
+    assert!(object(&rig.store, "tmp.XXXX").await.is_none());
+}
+
+#[tokio::test]
 async fn passthrough_handles_follow_the_kernels_mode_rules_and_writes_behind_the_daemon_land() {
     use crate::fs::{Access, IoMode};
     use std::sync::atomic::Ordering::Relaxed;

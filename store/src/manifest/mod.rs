@@ -126,6 +126,8 @@ pub enum ManifestError {
     UnsupportedVersion(u32),
     #[error("manifest is truncated")]
     Truncated,
+    #[error("manifest end marker is damaged: the file is corrupt; rebuild it with `pai-mount manifest build`")]
+    DamagedTrailer,
     #[error("manifest checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupt; rebuild it with `pai-mount manifest build`")]
     Checksum { stored: u32, computed: u32 },
     #[error("manifest header is invalid: {0}")]
@@ -230,8 +232,23 @@ impl<'a> Manifest<'a> {
         if version != FORMAT_VERSION {
             return Err(ManifestError::UnsupportedVersion(version));
         }
-        if bytes.len() < 16 + 12 || &bytes[bytes.len() - 8..] != TRAILER {
+        if bytes.len() < 16 + 12 {
             return Err(ManifestError::Truncated);
+        }
+        let tail = &bytes[bytes.len() - 8..];
+        if tail != TRAILER {
+            // A file cut short ends in arbitrary bytes; a damaged one in an end marker with a
+            // byte or two changed.
+            let same = tail
+                .iter()
+                .zip(TRAILER.iter())
+                .filter(|(a, b)| a == b)
+                .count();
+            return Err(if same >= 6 {
+                ManifestError::DamagedTrailer
+            } else {
+                ManifestError::Truncated
+            });
         }
         let crc_at = bytes.len() - 12;
         let stored = u32::from_le_bytes(bytes[crc_at..crc_at + 4].try_into().unwrap());

@@ -58,6 +58,11 @@ fn corrupt_manifests_are_rejected_with_reasons() {
         Manifest::parse(&bytes[..bytes.len() - 3]),
         Err(ManifestError::Truncated)
     ));
+    let mut last = bytes.clone();
+    *last.last_mut().unwrap() ^= 0x01;
+    let e = Manifest::parse(&last).unwrap_err();
+    assert!(matches!(e, ManifestError::DamagedTrailer), "{e}");
+    assert!(e.to_string().contains("corrupt"), "{e}");
     assert!(matches!(
         Manifest::parse(b"garbage!"),
         Err(ManifestError::BadMagic)

@@ -76,7 +76,9 @@ pub struct S3ListerConfig {
     /// The bucket endpoint: `https://bucket.host` or `http://host/bucket`.
     pub endpoint: String,
     pub region: String,
-    pub client: reqwest::Client,
+    /// Requests go through the same transport as `object_store`'s (deadlines, throttling,
+    /// the endpoint's adaptive limit).
+    pub transport: super::transport::Transport,
     /// `None` sends unsigned requests.
     pub credentials: Option<AwsCredentialProvider>,
     pub bucket: String,
@@ -148,13 +150,23 @@ impl S3Lister {
         Self { config }
     }
 
-    /// Signs `request` (SigV4, unless unsigned) and copies its headers onto `builder`.
+    /// Builds the request for `method` `url` and signs it (SigV4, unless unsigned).
     async fn signed(
         &self,
-        mut request: object_store::client::HttpRequest,
-        mut builder: reqwest::RequestBuilder,
+        method: http::Method,
+        url: &str,
         what: &(dyn Fn() -> String + Sync),
-    ) -> Result<reqwest::RequestBuilder, SourceError> {
+    ) -> Result<object_store::client::HttpRequest, SourceError> {
+        let mut builder = http::Request::builder().method(method.clone()).uri(url);
+        if method != http::Method::GET {
+            builder = builder.header(http::header::CONTENT_LENGTH, "0");
+        }
+        let mut request: object_store::client::HttpRequest = builder
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| SourceError::Other {
+                what: what(),
+                why: format!("building a request: {e}"),
+            })?;
         if let Some(provider) = &self.config.credentials {
             let credential = provider
                 .get_credential()
@@ -170,11 +182,64 @@ impl S3Lister {
                     why: format!("signing: {e}"),
                 })?;
         }
-        let (parts, _) = request.into_parts();
-        for (name, value) in &parts.headers {
-            builder = builder.header(name, value);
+        Ok(request)
+    }
+
+    /// Sends a bodiless request, retrying transport errors, timeouts, 5xx and throttling
+    /// answers with backoff; returns the final status and the whole body.
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<(http::StatusCode, Bytes), SourceError> {
+        let mut delay = std::time::Duration::from_millis(100);
+        let attempts = super::MAX_RETRIES as u32 + 1;
+        for attempt in 1..=attempts {
+            let request = self.signed(method.clone(), url, what).await?;
+            let failure = match self.config.transport.send(request).await {
+                Ok(r) => {
+                    let status = r.status();
+                    let retryable = status.is_server_error() || status.as_u16() == 429;
+                    if retryable && attempt < attempts {
+                        format!("HTTP {status}")
+                    } else {
+                        match r.into_body().bytes().await {
+                            Ok(body) => return Ok((status, body)),
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The transport already retried what a retry can fix of these.
+                    if matches!(
+                        e.kind(),
+                        object_store::client::HttpErrorKind::Unknown
+                            | object_store::client::HttpErrorKind::Decode
+                    ) {
+                        return Err(SourceError::Unreachable {
+                            what: what(),
+                            why: e.to_string(),
+                        });
+                    }
+                    e.to_string()
+                }
+            };
+            if attempt == attempts {
+                return Err(SourceError::Unreachable {
+                    what: what(),
+                    why: format!("{failure} (after {attempts} attempts)"),
+                });
+            }
+            tracing::warn!(
+                attempt,
+                "request for {} failed, retrying: {failure}",
+                what()
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(super::source::MAX_BACKOFF);
         }
-        Ok(builder)
+        unreachable!("the last attempt returns")
     }
 
     async fn request(
@@ -197,26 +262,7 @@ impl S3Lister {
         query.push_str(&format!("&max-keys={max_keys}"));
         query.push_str(&format!("&prefix={}", enc(prefix)));
         let url = format!("{}/?{query}", self.config.endpoint.trim_end_matches('/'));
-        let request: object_store::client::HttpRequest = http::Request::builder()
-            .method(http::Method::GET)
-            .uri(&url)
-            .body(object_store::client::HttpRequestBody::empty())
-            .map_err(|e| SourceError::Other {
-                what: what(),
-                why: format!("building a list request: {e}"),
-            })?;
-        let builder = self
-            .signed(request, self.config.client.get(&url), &what)
-            .await?;
-        let response = send_with_retry(builder, &what).await?;
-        let status = response.status();
-        let body: Bytes = response
-            .bytes()
-            .await
-            .map_err(|e| SourceError::Unreachable {
-                what: what(),
-                why: e.without_url().to_string(),
-            })?;
+        let (status, body) = self.send(http::Method::GET, &url, &what).await?;
         if !status.is_success() {
             let err: Option<ErrorBody> = quick_xml::de::from_reader(body.as_ref()).ok();
             let code = err
@@ -287,24 +333,7 @@ impl S3Lister {
         } else {
             http::Method::DELETE
         };
-        let request: object_store::client::HttpRequest = http::Request::builder()
-            .method(method.clone())
-            .uri(&url)
-            .header(http::header::CONTENT_LENGTH, "0")
-            .body(object_store::client::HttpRequestBody::empty())
-            .map_err(|e| SourceError::Other {
-                what: what(),
-                why: format!("building a request: {e}"),
-            })?;
-        let builder = self
-            .signed(
-                request,
-                self.config.client.request(method, &url).body(Vec::new()),
-                &what,
-            )
-            .await?;
-        let response = send_with_retry(builder, &what).await?;
-        let status = response.status();
+        let (status, _) = self.send(method, &url, &what).await?;
         if status.is_success() || (!create && status.as_u16() == 404) {
             return Ok(());
         }
@@ -314,42 +343,6 @@ impl S3Lister {
             _ => SourceError::Other { what: what(), why },
         })
     }
-}
-
-/// Retries listing requests on connection errors and 5xx/throttling answers, with backoff.
-async fn send_with_retry(
-    builder: reqwest::RequestBuilder,
-    what: &(dyn Fn() -> String + Sync),
-) -> Result<reqwest::Response, SourceError> {
-    const ATTEMPTS: u32 = 6;
-    let mut delay = std::time::Duration::from_millis(100);
-    for attempt in 1..=ATTEMPTS {
-        let b = builder
-            .try_clone()
-            .expect("list requests have no streaming body");
-        match b.send().await {
-            Ok(r) if (r.status().is_server_error() || r.status() == 429) && attempt < ATTEMPTS => {
-                tracing::warn!(status = %r.status(), attempt, "listing answered an error, retrying");
-            }
-            Ok(r) => return Ok(r),
-            Err(e) if attempt < ATTEMPTS && !e.is_builder() => {
-                tracing::warn!(
-                    attempt,
-                    "listing request failed, retrying: {}",
-                    e.without_url()
-                );
-            }
-            Err(e) => {
-                return Err(SourceError::Unreachable {
-                    what: what(),
-                    why: e.without_url().to_string(),
-                })
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
-    }
-    unreachable!("the last attempt returns")
 }
 
 #[async_trait::async_trait]

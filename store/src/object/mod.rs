@@ -15,6 +15,7 @@
 pub mod credentials;
 pub mod list;
 mod source;
+pub mod transport;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -28,7 +29,8 @@ use object_store::{
 };
 
 pub use list::{ListPage, Lister, RawObject};
-pub use source::{Source, SourceKind, StoreOptions};
+pub use source::{Source, SourceKind, StoreOptions, MAX_RETRIES, RETRY_TIMEOUT};
+pub use transport::Deadlines;
 
 use crate::metrics::Metrics;
 
@@ -52,6 +54,11 @@ pub enum ReadError {
     Gone { key: String },
     #[error("short read of {key}: wanted {wanted} bytes, got {got}")]
     Short { key: String, wanted: u64, got: u64 },
+    #[error("reading {key}: no answer within the read bound of {} s (the store is unreachable, stalled or throttling)", after.as_secs_f64())]
+    TimedOut {
+        key: String,
+        after: std::time::Duration,
+    },
     #[error("reading {key}: {source}")]
     Store {
         key: String,
@@ -79,6 +86,9 @@ pub enum WriteErrorKind {
     /// Anything else: after `object_store`'s own retries, possibly transient.
     Other,
 }
+
+/// The longest key S3 and OSS accept, in bytes of UTF-8.
+pub const MAX_KEY_LEN: usize = 1024;
 
 /// The user metadata key that keeps a file's mtime (`x-amz-meta-mtime`), in seconds since
 /// the epoch with millisecond decimals.
@@ -181,7 +191,7 @@ impl ObjectSource {
         env: &dyn credentials::Env,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SourceError> {
-        let (store, lister) = source::build(&source, options, env).await?;
+        let (store, lister) = source::build(&source, options, env, metrics.clone()).await?;
         Ok(Self {
             source,
             store,

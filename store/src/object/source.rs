@@ -11,7 +11,19 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use super::credentials::{self, Env};
 use super::list::{LocalLister, S3Lister, S3ListerConfig};
+use super::transport::{AdaptiveLimit, Deadlines, Transport, DEFAULT_MAX_CONCURRENCY};
 use super::{Lister, SourceError};
+use crate::metrics::Metrics;
+
+/// Attempts of one request after its first (`object_store`'s retry loop, and the lister's).
+/// Ten, with backoff from 100 ms doubling (with jitter) to [`MAX_BACKOFF`], ride out a
+/// throttling episode while the adaptive limit finds the store's ceiling, and give up on a
+/// dead store in well under a minute.
+pub const MAX_RETRIES: usize = 10;
+/// The longest pause between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// No request is retried after this long since its first attempt.
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What kind of store a source is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,21 +158,29 @@ pub struct StoreOptions {
     pub credentials: credentials::CredentialFlags,
     /// Host-to-address overrides, like curl's `--resolve`.
     pub resolve: Vec<(String, SocketAddr)>,
-    /// Per-request timeout; object_store retries within `retry_timeout`.
-    pub request_timeout: Option<Duration>,
+    /// Connect, first-byte and idle-body bounds of every request.
+    pub deadlines: Deadlines,
+    /// Ceiling of the per-endpoint adaptive concurrency limit (default
+    /// [`super::transport::DEFAULT_MAX_CONCURRENCY`]).
+    pub max_concurrency: Option<usize>,
 }
 
-/// The HTTP client shared by object_store and the lister: reqwest with the `--resolve` overrides.
+/// The HTTP client shared by object_store and the lister: reqwest with the `--resolve`
+/// overrides, behind the [`Transport`] (deadlines, throttling, the endpoint's adaptive limit).
 #[derive(Debug, Clone)]
 pub(crate) struct Connector {
     client: reqwest::Client,
+    transport: Transport,
 }
 
 impl Connector {
-    fn new(options: &StoreOptions) -> Result<Self, SourceError> {
+    fn new(
+        options: &StoreOptions,
+        endpoint: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SourceError> {
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(options.request_timeout.unwrap_or(Duration::from_secs(120)))
+            .connect_timeout(options.deadlines.connect)
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
@@ -171,9 +191,21 @@ impl Connector {
         let client = builder
             .build()
             .map_err(|e| SourceError::BadOption(format!("building the HTTP client: {e}")))?;
-        Ok(Self { client })
+        let authority = endpoint
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let limit = AdaptiveLimit::for_endpoint(
+            authority,
+            options.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+        );
+        let transport = Transport::new(client.clone(), options.deadlines, limit, metrics);
+        Ok(Self { client, transport })
     }
 
+    /// The plain client, for requests outside the store (instance metadata, STS).
     pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }
@@ -184,7 +216,9 @@ impl object_store::client::HttpConnector for Connector {
         &self,
         _options: &ClientOptions,
     ) -> object_store::Result<object_store::client::HttpClient> {
-        Ok(object_store::client::HttpClient::new(self.client.clone()))
+        Ok(object_store::client::HttpClient::new(
+            self.transport.clone(),
+        ))
     }
 }
 
@@ -233,6 +267,7 @@ pub(super) async fn build(
     source: &Source,
     options: &StoreOptions,
     env: &dyn Env,
+    metrics: Arc<Metrics>,
 ) -> Result<(Arc<dyn ObjectStore>, Arc<dyn Lister>), SourceError> {
     if source.kind == SourceKind::File {
         let root = PathBuf::from(&source.bucket);
@@ -266,7 +301,7 @@ pub(super) async fn build(
             .unwrap_or(&endpoint)
             .to_string()
     };
-    let connector = Connector::new(options)?;
+    let connector = Connector::new(options, &endpoint, metrics)?;
     let provider = if options.anonymous {
         None
     } else {
@@ -280,9 +315,13 @@ pub(super) async fn build(
         .with_allow_http(endpoint.starts_with("http://"))
         .with_http_connector(connector.clone())
         .with_retry(RetryConfig {
-            max_retries: 6,
-            retry_timeout: Duration::from_secs(60),
-            ..Default::default()
+            max_retries: MAX_RETRIES,
+            retry_timeout: RETRY_TIMEOUT,
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: MAX_BACKOFF,
+                base: 2.0,
+            },
         })
         .with_skip_signature(options.anonymous);
     if let Some(p) = &provider {
@@ -302,7 +341,7 @@ pub(super) async fn build(
     let lister = S3Lister::new(S3ListerConfig {
         endpoint,
         region,
-        client: connector.client().clone(),
+        transport: connector.transport.clone(),
         credentials: provider,
         bucket: source.bucket.clone(),
     });

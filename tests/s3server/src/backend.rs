@@ -64,6 +64,21 @@ pub struct Faults {
     /// The next N PUT requests (single PUTs and upload parts) lose their connection before
     /// any answer, as a reset would.
     pub reset_puts: AtomicU32,
+    /// The next N requests of any kind are read and then never answered: the connection
+    /// stays open and silent, as behind a stalled proxy.
+    pub stall_requests: AtomicU32,
+    /// While set, every request stalls like that (a server that accepts but never answers).
+    pub stall_all: std::sync::atomic::AtomicBool,
+    /// The next N GET bodies stop after `stall_after` bytes and stay silent, the connection
+    /// open.
+    pub stall_gets: AtomicU32,
+    pub stall_after: AtomicU64,
+    /// When more than this many requests are in progress at once, the extra ones answer
+    /// `503 SlowDown` at once (0: no limit), as a store throttling a client does.
+    pub throttle_above: AtomicU32,
+    /// Requests in progress (for `throttle_above`), and how many were throttled so far.
+    pub in_progress: AtomicU32,
+    pub throttled: AtomicU64,
 }
 
 impl Faults {
@@ -76,6 +91,20 @@ impl Faults {
     }
     pub fn reset_next_puts(&self, n: u32) {
         self.reset_puts.store(n, Ordering::SeqCst);
+    }
+    pub fn stall_next(&self, n: u32) {
+        self.stall_requests.store(n, Ordering::SeqCst);
+    }
+    pub fn stall_everything(&self, on: bool) {
+        self.stall_all.store(on, Ordering::SeqCst);
+    }
+    pub fn stall_next_gets(&self, n: u32, after_bytes: u64) {
+        self.stall_after.store(after_bytes, Ordering::SeqCst);
+        self.stall_gets.store(n, Ordering::SeqCst);
+    }
+    /// Answers 503 to requests beyond `k` in progress at once; 0 turns it off.
+    pub fn throttle_above(&self, k: u32) {
+        self.throttle_above.store(k, Ordering::SeqCst);
     }
     pub(crate) fn take(counter: &AtomicU32) -> bool {
         counter
@@ -302,8 +331,10 @@ impl S3 for Service {
         let len = body.len();
         let cut =
             Faults::take(&m.faults.cut_gets).then(|| m.faults.cut_after.load(Ordering::SeqCst));
+        let stall =
+            Faults::take(&m.faults.stall_gets).then(|| m.faults.stall_after.load(Ordering::SeqCst));
         let mut chunks: Vec<Result<Bytes, Cut>> = Vec::new();
-        let limit = cut.map_or(len, |c| (c as usize).min(len));
+        let limit = cut.or(stall).map_or(len, |c| (c as usize).min(len));
         let mut off = 0;
         while off < limit {
             let end = (off + BODY_CHUNK).min(limit);
@@ -313,8 +344,18 @@ impl S3 for Service {
         if cut.is_some() {
             chunks.push(Err(Cut));
         }
+        let stream = futures::stream::iter(chunks);
+        let body = if stall.is_some() {
+            // The body stops and the connection stays open, silent.
+            StreamingBlob::wrap(futures::StreamExt::chain(
+                stream,
+                futures::stream::pending(),
+            ))
+        } else {
+            StreamingBlob::wrap(stream)
+        };
         let output = GetObjectOutput {
-            body: Some(StreamingBlob::wrap(futures::stream::iter(chunks))),
+            body: Some(body),
             content_length: Some(len as i64),
             content_range,
             e_tag: Some(quoted(&obj.etag)),

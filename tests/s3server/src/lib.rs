@@ -10,7 +10,9 @@
 //! - **latency**: every request waits `latency` before its response starts, which models the
 //!   10-30 ms first-byte latency of production object stores;
 //! - **faults**: the next N requests of a kind answer `503 SlowDown`, or GET bodies are cut
-//!   after a number of bytes, which models a connection reset mid-transfer.
+//!   after a number of bytes, which models a connection reset mid-transfer; requests or GET
+//!   bodies stall (the connection open and silent); requests beyond K in progress at once are
+//!   throttled with `503 SlowDown`.
 //!
 //! [`proxy::DelayProxy`] puts a real round trip (a delay each way) in front of it.
 //!
@@ -79,15 +81,60 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
     >;
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        if req.method() == http::Method::PUT
-            && backend::Faults::take(&self.backend.faults.reset_puts)
-        {
+        use std::sync::atomic::Ordering::SeqCst;
+        let faults = &self.backend.faults;
+        if req.method() == http::Method::PUT && backend::Faults::take(&faults.reset_puts) {
             // An error from the service makes hyper drop the connection without an answer.
             return Box::pin(async { Err("injected connection reset".into()) });
         }
+        if faults.stall_all.load(SeqCst) || backend::Faults::take(&faults.stall_requests) {
+            // Read, never answered; the connection stays open until the client gives up.
+            return Box::pin(async move {
+                let _req = req;
+                std::future::pending().await
+            });
+        }
+        let k = faults.throttle_above.load(SeqCst);
+        let now = faults.in_progress.fetch_add(1, SeqCst) + 1;
+        let guard = InProgress(self.backend.clone());
+        if k > 0 && now > k {
+            faults.throttled.fetch_add(1, SeqCst);
+            drop(guard);
+            return Box::pin(async move {
+                let _req = req;
+                Ok(slow_down())
+            });
+        }
         let fut = hyper::service::Service::call(&self.inner, req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        Box::pin(async move {
+            let r = fut.await.map_err(Into::into);
+            drop(guard);
+            r
+        })
     }
+}
+
+/// Counts a request as in progress until dropped.
+struct InProgress(Arc<Memory>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0
+            .faults
+            .in_progress
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The answer of a store that throttles: `503 SlowDown`, as S3 and OSS send it.
+fn slow_down() -> http::Response<s3s::Body> {
+    let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+               <Message>Please reduce your request rate.</Message></Error>";
+    http::Response::builder()
+        .status(http::StatusCode::SERVICE_UNAVAILABLE)
+        .header(http::header::CONTENT_TYPE, "application/xml")
+        .body(s3s::Body::from(xml.to_string()))
+        .expect("a static response")
 }
 
 /// A running server. Dropping it stops accepting connections.

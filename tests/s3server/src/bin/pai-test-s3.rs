@@ -11,11 +11,15 @@
 //! - `fail N`: the next N requests answer `503 SlowDown`;
 //! - `cut N BYTES`: the next N GET bodies are cut after BYTES;
 //! - `reset-puts N`: the next N PUTs lose their connection before an answer;
+//! - `stall N`: the next N requests are never answered (the connection stays open);
+//!   `stall-all on|off`: every request, until turned off;
+//! - `stall-gets N BYTES`: the next N GET bodies stop after BYTES, the connection open;
+//! - `throttle-above K`: requests beyond K in progress at once answer `503 SlowDown` (0: off);
 //! - `put BUCKET KEY FILE`: stores the file's bytes (answers `ok ETAG`);
 //! - `fill BUCKET PREFIX COUNT SIZE`: stores COUNT objects `PREFIX000000.bin`... of SIZE bytes
 //!   each, distinct (the first 8 bytes are the index, little-endian);
 //! - `delete BUCKET KEY`; `keys BUCKET [PREFIX]` (answers `ok N`);
-//! - `counts` (answers `ok get=N head=N put=N list=N`).
+//! - `counts` (answers `ok get=N head=N put=N list=N throttled=N`).
 
 use std::io::BufRead;
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,6 +49,22 @@ fn command(backend: &Memory, line: &str) -> anyhow::Result<String> {
         }
         "cut" => {
             backend.faults.cut_next_gets(num(1)? as u32, num(2)?);
+            "ok".into()
+        }
+        "stall" => {
+            backend.faults.stall_next(num(1)? as u32);
+            "ok".into()
+        }
+        "stall-all" => {
+            backend.faults.stall_everything(word(1)? == "on");
+            "ok".into()
+        }
+        "stall-gets" => {
+            backend.faults.stall_next_gets(num(1)? as u32, num(2)?);
+            "ok".into()
+        }
+        "throttle-above" => {
+            backend.faults.throttle_above(num(1)? as u32);
             "ok".into()
         }
         "reset-puts" => {
@@ -83,11 +103,12 @@ fn command(backend: &Memory, line: &str) -> anyhow::Result<String> {
         "counts" => {
             let c = &backend.counters;
             format!(
-                "ok get={} head={} put={} list={}",
+                "ok get={} head={} put={} list={} throttled={}",
                 c.get.load(Relaxed),
                 c.head.load(Relaxed),
                 c.put.load(Relaxed),
-                c.list.load(Relaxed)
+                c.list.load(Relaxed),
+                backend.faults.throttled.load(Relaxed)
             )
         }
         other => anyhow::bail!("unknown command {other:?}"),
