@@ -364,3 +364,77 @@ async fn handles_of_the_same_object_share_fetched_blocks() {
         "fetched {fetched} bytes for four readers of 24 MiB"
     );
 }
+
+/// The prefetcher over a store with injected faults (no server).
+async fn faulty_setup(
+    size: usize,
+) -> (
+    Prefetcher,
+    PinnedObject,
+    Vec<u8>,
+    Arc<crate::object::faulty::FaultyStore>,
+) {
+    let store = Arc::new(InMemory::new());
+    let bytes = data(size);
+    let put = store
+        .put(&Path::from("obj"), bytes.clone().into())
+        .await
+        .unwrap();
+    let faulty = crate::object::faulty::FaultyStore::new(store);
+    let source = ObjectSource::from_store(
+        Source::parse("s3://bkt").unwrap(),
+        faulty.clone() as Arc<dyn ObjectStore>,
+        Arc::new(Metrics::default()),
+    );
+    let object = PinnedObject {
+        key: "obj".into(),
+        size: size as u64,
+        etag: put.e_tag.map(Into::into),
+    };
+    (
+        Prefetcher::new(source, None, PrefetchConfig::default()),
+        object,
+        bytes,
+        faulty,
+    )
+}
+
+#[tokio::test]
+async fn cut_bodies_are_resumed_byte_exact_by_sequential_readers() {
+    use crate::object::faulty::{Fault, Op};
+    let (p, obj, bytes, faulty) = faulty_setup(40 * MIB as usize).await;
+    faulty.inject(Op::Get, Fault::Cut { after: 777_777 }, Some(3));
+    read_through(p.open(obj).as_ref(), &bytes, 1 << 20).await;
+    assert_eq!(faulty.injected(), 3);
+}
+
+#[tokio::test]
+async fn a_failed_fetch_is_an_error_and_the_next_read_fetches_again() {
+    use crate::object::faulty::{Fault, Op};
+    let (p, obj, bytes, faulty) = faulty_setup(3 * MIB as usize).await;
+    faulty.inject(Op::Get, Fault::Fail, Some(4));
+    let r = p.open(obj);
+    assert!(
+        r.read(0, 4096).await.is_err(),
+        "the failure reaches the reader"
+    );
+    faulty.clear();
+    let got = r.read(0, 4096).await.unwrap();
+    assert_eq!(&got[..], &bytes[..4096]);
+}
+
+#[tokio::test]
+async fn a_stalled_fetch_is_cut_off_by_the_callers_bound_and_later_reads_work() {
+    use crate::object::faulty::{Fault, Op};
+    let (p, obj, bytes, faulty) = faulty_setup(3 * MIB as usize).await;
+    faulty.inject(Op::Get, Fault::Stall, Some(1));
+    let r = p.open(obj);
+    let stalled =
+        tokio::time::timeout(std::time::Duration::from_millis(300), r.read(0, 4096)).await;
+    assert!(
+        stalled.is_err(),
+        "a stalled store blocks until the caller's bound"
+    );
+    let got = r.read(2 * MIB, 4096).await.unwrap();
+    assert_eq!(&got[..], &bytes[2 * MIB as usize..2 * MIB as usize + 4096]);
+}

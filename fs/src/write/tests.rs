@@ -40,12 +40,22 @@ async fn mount_with(
     stop_uploads: bool,
     config: WriteConfig,
 ) -> Rig {
+    let seam = store.clone() as Arc<dyn ObjectStore>;
+    mount_over(store, seam, dir, stop_uploads, config).await
+}
+
+/// A mount whose requests go through `seam` (the store itself, or a fault-injecting wrapper
+/// of it); `store` is what tests inspect.
+async fn mount_over(
+    store: Arc<InMemory>,
+    seam: Arc<dyn ObjectStore>,
+    dir: &Path,
+    stop_uploads: bool,
+    config: WriteConfig,
+) -> Rig {
     let metrics = Arc::new(Metrics::default());
-    let source = ObjectSource::from_store(
-        Source::parse("s3://bkt").unwrap(),
-        store.clone() as Arc<dyn ObjectStore>,
-        metrics.clone(),
-    );
+    let source =
+        ObjectSource::from_store(Source::parse("s3://bkt").unwrap(), seam, metrics.clone());
     let (ns, _) = manifest::load_or_list(&source, &BuildOptions::default())
         .await
         .unwrap();
@@ -460,6 +470,41 @@ async fn paths_whose_keys_pass_the_stores_limit_are_enametoolong_at_create_mkdir
         0,
         "nothing unuploadable was accepted"
     );
+}
+
+#[tokio::test]
+async fn uploads_that_meet_failed_parts_and_completes_are_retried_and_land_whole() {
+    use crate::object::faulty::{Fault, FaultyStore, Op};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemory::new());
+    let faulty = FaultyStore::new(store.clone());
+    let mut c = config(tmp.path());
+    c.part_size = 5 << 20;
+    let rig = mount_over(store, faulty.clone(), tmp.path(), false, c).await;
+    faulty.inject(Op::UploadPart, Fault::Fail, Some(2));
+    faulty.inject(Op::CompleteUpload, Fault::Throttle, Some(1));
+    faulty.inject(Op::Put, Fault::Fail, Some(1));
+    let big = pattern(12 << 20, 3);
+    let fh = rig.write_file("big.bin", &big).await;
+    rig.close(fh).await;
+    let fh = rig.write_file("small.txt", b"hello").await;
+    rig.close(fh).await;
+    rig.wb().drain(|_| {}).await;
+    same(
+        &object(&rig.store, "big.bin").await.unwrap(),
+        &big,
+        "big.bin",
+    );
+    assert_eq!(object(&rig.store, "small.txt").await.unwrap(), b"hello");
+    assert_eq!(faulty.injected(), 4);
+    assert!(
+        rig.fs
+            .metrics()
+            .upload_retries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    assert_eq!(rig.wb().status().failed.len(), 0);
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@
 //! `.`/`..` segment, and it folds `dir/` markers into `dir`.
 
 pub mod credentials;
+pub mod faulty;
 pub mod list;
 mod source;
 pub mod transport;
