@@ -98,7 +98,10 @@ fn io_errno(e: &std::io::Error) -> i32 {
 fn read_errno(e: &ReadError) -> i32 {
     match e {
         ReadError::Changed { .. } | ReadError::Gone { .. } => libc::ESTALE,
-        ReadError::Short { .. } | ReadError::Store { .. } | ReadError::TimedOut { .. } => libc::EIO,
+        ReadError::Short { .. }
+        | ReadError::Store { .. }
+        | ReadError::TimedOut { .. }
+        | ReadError::Corrupt { .. } => libc::EIO,
     }
 }
 

@@ -471,6 +471,15 @@ fn clone_error(e: &ReadError) -> ReadError {
             wanted: *wanted,
             got: *got,
         },
+        ReadError::Corrupt {
+            key,
+            stated,
+            computed,
+        } => ReadError::Corrupt {
+            key: key.clone(),
+            stated: stated.clone(),
+            computed: computed.clone(),
+        },
         ReadError::TimedOut { key, after } => ReadError::TimedOut {
             key: key.clone(),
             after: *after,
@@ -761,7 +770,9 @@ impl PrefetchReader {
 }
 
 /// One ranged GET of `range` (block-aligned within `object`), copied straight into one pooled
-/// buffer per block as the body arrives; each block goes to `on_block` once complete.
+/// buffer per block as the body arrives; each block goes to `on_block` once complete. A fetch of
+/// the whole object is checked against the store's full-object checksum at its end, so its
+/// blocks are handed on only then: a damaged body never reaches a reader.
 async fn fetch_blocks(
     source: &ObjectSource,
     object: &PinnedObject,
@@ -772,6 +783,8 @@ async fn fetch_blocks(
     let size = object.size;
     let mut current: Option<crate::buf::AlignedBuf> = None;
     let mut block = range.start / BLOCK_SIZE;
+    let whole = range.start == 0 && range.end == size;
+    let mut held: Vec<Bytes> = Vec::new();
     source
         .get_range_chunks(
             &object.key,
@@ -785,7 +798,12 @@ async fn fetch_blocks(
                     let n = ((r.end - r.start) as usize - buf.len()).min(chunk.len());
                     buf.extend_from_slice(&chunk.split_to(n));
                     if buf.len() as u64 == r.end - r.start {
-                        on_block(current.take().expect("just filled").freeze());
+                        let done = current.take().expect("just filled").freeze();
+                        if whole {
+                            held.push(done);
+                        } else {
+                            on_block(done);
+                        }
                         block += 1;
                     }
                 }
@@ -793,8 +811,10 @@ async fn fetch_blocks(
             },
         )
         .await?;
-    // `get_range_chunks` returns only once all of `range` arrived, so every block is complete.
+    // `get_range_chunks` returns only once all of `range` arrived (and matched the object's
+    // checksum), so every block is complete and verified.
     debug_assert!(current.is_none());
+    held.into_iter().for_each(on_block);
     Ok(())
 }
 
@@ -813,7 +833,10 @@ impl ObjectReader for PrefetchReader {
             // The failure may come from a part fetched earlier (a prefetch during an outage that
             // is over now); failed parts are forgotten, so one more try fetches afresh. A changed
             // or deleted object is final.
-            Err(ReadError::Store { .. }) => self.read_once(offset, len).await,
+            // A body that failed the object's checksum is fetched afresh as well.
+            Err(ReadError::Store { .. } | ReadError::Corrupt { .. }) => {
+                self.read_once(offset, len).await
+            }
             other => other,
         }
     }

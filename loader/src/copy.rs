@@ -31,6 +31,8 @@ use tokio::sync::Semaphore;
 use crate::LoadError;
 
 const ETAG_XATTR: &str = "user.pai-mount.etag";
+/// Fetches of an object again after its bytes failed the store's checksum.
+const CHECKSUM_RETRIES: u32 = 3;
 
 /// How to copy.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +93,8 @@ impl CopyProgress for NoProgress {}
 enum CopyError {
     /// The local disk is full: stop starting new copies.
     DiskFull(std::io::Error),
+    /// The bytes did not match the object's checksum (retried).
+    Corrupt(String),
     Other(String),
 }
 
@@ -188,7 +192,7 @@ pub async fn copy_prefix(
                         failed.fetch_add(1, Ordering::Relaxed);
                         progress.finish_one(size, false);
                     }
-                    Err(CopyError::Other(e)) => {
+                    Err(CopyError::Other(e) | CopyError::Corrupt(e)) => {
                         note(format!("{}: {e}", o.key));
                         failed.fetch_add(1, Ordering::Relaxed);
                         progress.finish_one(size, false);
@@ -262,7 +266,19 @@ async fn copy_one(
             let (requests, file) = (requests.clone(), file.clone());
             async move {
                 let _permit = requests.acquire_owned().await.expect("never closed");
-                fetch_range(source, o, file, r, md5).await
+                // A whole object whose bytes failed its checksum is fetched again over the
+                // same offsets; the file keeps its temporary name until it is right.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match fetch_range(source, o, file.clone(), r.clone(), md5).await {
+                        Err(CopyError::Corrupt(why)) if attempt <= CHECKSUM_RETRIES => {
+                            tracing::warn!(key = %o.key, attempt, "{why}; fetching it again");
+                        }
+                        Err(CopyError::Corrupt(why)) => break Err(CopyError::Other(why)),
+                        other => break other,
+                    }
+                }
             }
         })
         .buffer_unordered(16);
@@ -340,7 +356,10 @@ async fn fetch_range(
     drop(tx);
     // A local failure (a full disk) explains a stopped transfer: report it first.
     writer.await.expect("writer panicked")?;
-    fetched.map_err(|e| CopyError::Other(e.to_string()))
+    fetched.map_err(|e| match e {
+        ReadError::Corrupt { .. } => CopyError::Corrupt(e.to_string()),
+        e => CopyError::Other(e.to_string()),
+    })
 }
 
 fn syncfs(dir: &Path) -> std::io::Result<()> {

@@ -28,7 +28,8 @@ pub enum LoadError {
         key: String,
         why: String,
     },
-    /// A stored index (manifest, tar index) is damaged, stale or of an unknown version.
+    /// A stored index (manifest, tar index) is damaged, stale or of an unknown version, or an
+    /// object's bytes kept failing its full-object checksum.
     #[error("{url}: {why}")]
     Corrupt {
         url: String,
@@ -101,6 +102,7 @@ impl LoadError {
         let why = format!("{what}: {e}");
         match e {
             ReadError::Changed { .. } => Self::Changed { url, key, why },
+            ReadError::Corrupt { .. } => Self::Corrupt { url, key, why },
             ReadError::Gone { .. } => Self::NotFound {
                 url,
                 key: Some(key),

@@ -30,7 +30,8 @@ class ObjectChangedError(Error):
 
 
 class CorruptError(Error):
-    """A stored index (manifest, tar index) is damaged, stale, or of an unknown version."""
+    """A stored index (manifest, tar index) is damaged, stale, or of an unknown version; or a
+    sample's bytes kept failing the store's full-object checksum."""
 
 
 class OutOfRangeError(Error, IndexError):

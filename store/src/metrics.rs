@@ -41,6 +41,7 @@ pub const PARTS_LIVE: &str = "prefetch.part_bytes_live";
 pub const PARTS_PEAK: &str = "prefetch.part_bytes_peak";
 pub const REQUESTS_THROTTLED: &str = "object.requests_throttled";
 pub const REQUEST_TIMEOUTS: &str = "object.request_timeouts";
+pub const CHECKSUM_MISMATCHES: &str = "object.checksum_mismatches";
 
 /// Process-wide counters, shared through an `Arc`.
 #[derive(Debug, Default)]
@@ -96,6 +97,9 @@ pub struct Metrics {
     pub requests_throttled: AtomicU64,
     /// Requests abandoned for a connect, first-byte or idle-body timeout; each is retried.
     pub request_timeouts: AtomicU64,
+    /// Bytes that did not match the store's full-object checksum (downloads and uploads);
+    /// each was retried, never delivered.
+    pub checksum_mismatches: AtomicU64,
 }
 
 impl Metrics {
@@ -143,6 +147,7 @@ impl Metrics {
             (PARTS_PEAK, g(&self.parts_peak)),
             (REQUESTS_THROTTLED, g(&self.requests_throttled)),
             (REQUEST_TIMEOUTS, g(&self.request_timeouts)),
+            (CHECKSUM_MISMATCHES, g(&self.checksum_mismatches)),
         ]
     }
 

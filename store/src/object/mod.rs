@@ -12,6 +12,7 @@
 //! because `object_store` rejects a whole listing page when one key has an empty segment or a
 //! `.`/`..` segment, and it folds `dir/` markers into `dir`.
 
+pub mod checksum;
 pub mod credentials;
 pub mod faulty;
 pub mod list;
@@ -55,6 +56,12 @@ pub enum ReadError {
     Gone { key: String },
     #[error("short read of {key}: wanted {wanted} bytes, got {got}")]
     Short { key: String, wanted: u64, got: u64 },
+    #[error("reading {key}: the bytes received do not match the object's checksum ({stated}; received {computed}), several times")]
+    Corrupt {
+        key: String,
+        stated: String,
+        computed: String,
+    },
     #[error("reading {key}: no answer within the read bound of {} s (the store is unreachable, stalled or throttling)", after.as_secs_f64())]
     TimedOut {
         key: String,
@@ -248,11 +255,24 @@ impl ObjectSource {
     ) -> Result<Bytes, ReadError> {
         let wanted = (range.end - range.start) as usize;
         let mut chunks: Vec<Bytes> = Vec::new();
-        self.get_range_chunks(rel, range, etag, size, |_, chunk| {
-            chunks.push(chunk);
-            std::future::ready(Ok(()))
-        })
-        .await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            chunks.clear();
+            let r = self
+                .get_range_chunks(rel, range.clone(), etag, size, |_, chunk| {
+                    chunks.push(chunk);
+                    std::future::ready(Ok(()))
+                })
+                .await;
+            match r {
+                // Damaged on the way: fetch it again, a few times.
+                Err(ReadError::Corrupt { .. }) if attempt <= BODY_RETRIES => {
+                    tracing::warn!(key = %self.full_key(rel), attempt, "an object's bytes did not match its checksum; fetching it again");
+                }
+                r => break r?,
+            }
+        }
         Ok(match chunks.len() {
             0 => Bytes::new(),
             1 => chunks.pop().expect("one chunk"),
@@ -286,6 +306,9 @@ impl ObjectSource {
         let path = self.path(rel)?;
         let mut pos = range.start;
         let mut attempt = 0;
+        // A read of the whole object is checked against the store's checksum, if it sent one.
+        let whole = range.start == 0 && range.end == size && size > 0;
+        let mut hasher: Option<checksum::Hasher> = None;
         while pos < range.end {
             attempt += 1;
             let options = GetOptions {
@@ -316,6 +339,12 @@ impl ObjectSource {
                     pinned: etag.unwrap_or("(size only)").to_string(),
                 });
             }
+            if whole && pos == 0 {
+                hasher = result
+                    .extensions
+                    .get::<checksum::FullChecksum>()
+                    .map(|c| c.hasher());
+            }
             let mut body = result.into_stream();
             let mut cut = None;
             while let Some(chunk) = body.next().await {
@@ -328,6 +357,9 @@ impl ObjectSource {
                                 wanted: range.end - range.start,
                                 got: pos + n - range.start,
                             });
+                        }
+                        if let Some(h) = &mut hasher {
+                            h.update(&c);
                         }
                         sink(pos, c).await?;
                         pos += n;
@@ -355,6 +387,14 @@ impl ObjectSource {
             }
             tracing::warn!(key = %self.full_key(rel), attempt, at = pos, "body of ranged GET stopped early, resuming");
             tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+        if let Some(Err((stated, computed))) = hasher.map(|h| h.verify()) {
+            Metrics::add(&self.metrics.checksum_mismatches, 1);
+            return Err(ReadError::Corrupt {
+                key: self.full_key(rel),
+                stated: stated.to_string(),
+                computed: computed.to_string(),
+            });
         }
         Ok(())
     }

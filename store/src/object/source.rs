@@ -307,6 +307,17 @@ pub(super) async fn build(
     } else {
         Some(credentials::resolve(source, &options.credentials, env, connector.client()).await?)
     };
+    // S3 sends an object's checksums only when asked (OSS always does).
+    let connector = match (&provider, source.kind) {
+        (Some(p), SourceKind::S3) => Connector {
+            transport: connector
+                .transport
+                .clone()
+                .with_checksum_mode(p.clone(), region.clone()),
+            client: connector.client,
+        },
+        _ => connector,
+    };
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&source.bucket)
         .with_region(&region)
@@ -326,6 +337,12 @@ pub(super) async fn build(
         .with_skip_signature(options.anonymous);
     if let Some(p) = &provider {
         builder = builder.with_credentials(p.clone());
+    }
+    if source.kind == SourceKind::S3 {
+        // Every PUT and part carries its CRC-64/NVME; S3 refuses bytes that do not match,
+        // and keeps a full-object CRC-64/NVME that reads then verify. (OSS states its own
+        // CRC-64 in answers instead, which the transport compares with what it sent.)
+        builder = builder.with_checksum_algorithm(object_store::aws::Checksum::CRC64NVME);
     }
     if source.kind == SourceKind::Oss {
         // OSS's S3 API has no conditional put, bulk delete or S3 tagging headers.

@@ -45,10 +45,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{
     HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpResponseBody, HttpService,
 };
 use tokio::sync::Notify;
+
+use super::checksum::FullChecksum;
 
 use crate::metrics::Metrics;
 
@@ -226,6 +229,9 @@ pub struct Transport {
     deadlines: Deadlines,
     limit: Arc<AdaptiveLimit>,
     metrics: Arc<Metrics>,
+    /// S3: GETs ask for the object's checksums (`x-amz-checksum-mode`), signed again with
+    /// these credentials since the header must be signed.
+    checksum_mode: Option<(AwsCredentialProvider, String)>,
 }
 
 impl Transport {
@@ -240,7 +246,49 @@ impl Transport {
             deadlines,
             limit,
             metrics,
+            checksum_mode: None,
         }
+    }
+
+    /// Makes S3 GETs ask for full-object checksums ([`super::checksum`]), re-signing them with
+    /// `credentials` for `region`.
+    pub fn with_checksum_mode(
+        mut self,
+        credentials: AwsCredentialProvider,
+        region: String,
+    ) -> Self {
+        self.checksum_mode = Some((credentials, region));
+        self
+    }
+
+    /// Adds `x-amz-checksum-mode: ENABLED` to a GET and signs it again.
+    async fn ask_for_checksums(&self, req: &mut HttpRequest) -> Result<(), HttpError> {
+        let Some((credentials, region)) = &self.checksum_mode else {
+            return Ok(());
+        };
+        if req.method() != http::Method::GET {
+            return Ok(());
+        }
+        let credential = credentials
+            .get_credential()
+            .await
+            .map_err(|e| HttpError::new(HttpErrorKind::Unknown, e))?;
+        let h = req.headers_mut();
+        for name in [
+            "authorization",
+            "x-amz-date",
+            "x-amz-content-sha256",
+            "x-amz-security-token",
+        ] {
+            h.remove(name);
+        }
+        h.insert(
+            super::checksum::S3_CHECKSUM_MODE,
+            http::HeaderValue::from_static("ENABLED"),
+        );
+        AwsAuthorizer::new(&credential, "s3", region)
+            .try_authorize(req, None)
+            .map_err(|e| HttpError::new(HttpErrorKind::Unknown, e))
     }
 
     pub fn limit(&self) -> &Arc<AdaptiveLimit> {
@@ -286,7 +334,13 @@ impl Transport {
         unreachable!("the last attempt returns")
     }
 
-    async fn send_once(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+    async fn send_once(&self, mut req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        self.ask_for_checksums(&mut req).await?;
+        // What an upload sent, to compare with the CRC an OSS answer states.
+        // (`content_length`, not `is_empty`: the latter is inverted for multi-chunk payloads
+        // in object_store 0.14.)
+        let sent = (req.method() == http::Method::PUT && req.body().content_length() > 0)
+            .then(|| req.body().clone());
         let slot = self.limit.acquire().await;
         let bound = self.first_byte_bound(&req);
         let what = format!("{} {}", req.method(), req.uri().path());
@@ -316,7 +370,13 @@ impl Transport {
         } else if answer.status().is_success() {
             self.limit.on_success(&slot);
         }
-        let (parts, body) = answer.into_parts();
+        let (mut parts, body) = answer.into_parts();
+        if let Some(sent) = sent {
+            check_upload(&parts.headers, sent, &self.metrics, &what).await?;
+        } else if let Some(sum) = FullChecksum::from_headers(&parts.headers) {
+            // Handed on to the reader in `GetResult::extensions`.
+            parts.extensions.insert(sum);
+        }
         let body = TimedBody {
             inner: body,
             idle: self.deadlines.idle,
@@ -333,6 +393,40 @@ impl HttpService for Transport {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         self.send(req).await
     }
+}
+
+/// Compares the CRC an OSS answer to an upload states with the bytes sent; a mismatch is an
+/// error the retry loops retry (the bytes were damaged on the way).
+async fn check_upload(
+    headers: &http::HeaderMap,
+    mut sent: object_store::client::HttpRequestBody,
+    metrics: &Metrics,
+    what: &str,
+) -> Result<(), HttpError> {
+    let Some(FullChecksum::Crc64Xz(stated)) = FullChecksum::from_headers(headers) else {
+        return Ok(());
+    };
+    let mut hasher = FullChecksum::Crc64Xz(stated).hasher();
+    while let Some(frame) = futures::future::poll_fn(|cx| Pin::new(&mut sent).poll_frame(cx)).await
+    {
+        if let Ok(data) = frame
+            .map_err(|e| HttpError::new(HttpErrorKind::Unknown, e))?
+            .into_data()
+        {
+            hasher.update(&data);
+        }
+    }
+    if let Err((stated, computed)) = hasher.verify() {
+        Metrics::add(&metrics.checksum_mismatches, 1);
+        tracing::warn!(request = %what, "the store stored other bytes than were sent ({stated}, sent {computed}); retrying");
+        return Err(HttpError::new(
+            HttpErrorKind::Request,
+            Failure(format!(
+                "upload checksum mismatch: the store has {stated}, we sent {computed}"
+            )),
+        ));
+    }
+    Ok(())
 }
 
 /// What a throttled answer asks us to wait: `Retry-After` in seconds, or OSS's

@@ -79,6 +79,10 @@ pub struct Faults {
     /// Requests in progress (for `throttle_above`), and how many were throttled so far.
     pub in_progress: AtomicU32,
     pub throttled: AtomicU64,
+    /// The next N GET bodies have one bit flipped in their middle; length and headers stay.
+    pub corrupt_gets: AtomicU32,
+    /// The next N uploaded bodies (PUTs and parts) arrive with a bit flipped.
+    pub corrupt_puts: AtomicU32,
 }
 
 impl Faults {
@@ -102,6 +106,12 @@ impl Faults {
         self.stall_after.store(after_bytes, Ordering::SeqCst);
         self.stall_gets.store(n, Ordering::SeqCst);
     }
+    pub fn corrupt_next_gets(&self, n: u32) {
+        self.corrupt_gets.store(n, Ordering::SeqCst);
+    }
+    pub fn corrupt_next_puts(&self, n: u32) {
+        self.corrupt_puts.store(n, Ordering::SeqCst);
+    }
     /// Answers 503 to requests beyond `k` in progress at once; 0 turns it off.
     pub fn throttle_above(&self, k: u32) {
         self.throttle_above.store(k, Ordering::SeqCst);
@@ -121,9 +131,25 @@ struct Upload {
     metadata: HashMap<String, String>,
 }
 
+/// Which full-object checksums the server states, as stores do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChecksumStyle {
+    /// None at all.
+    None,
+    /// S3: `x-amz-checksum-crc64nvme` on GETs that ask with `x-amz-checksum-mode: ENABLED`.
+    #[default]
+    S3,
+    /// OSS: `x-oss-hash-crc64ecma` on every GET, HEAD, PUT and part upload.
+    Oss,
+}
+
 /// All buckets of one server.
 #[derive(Debug)]
 pub struct Memory {
+    /// The checksum headers this server sends ([`ChecksumStyle`]).
+    pub checksum_style: Mutex<ChecksumStyle>,
+    /// `(x-oss-hash-crc64ecma, x-amz-checksum-crc64nvme)` of every object and part, by ETag.
+    checksums: Mutex<HashMap<String, (String, String)>>,
     latency: Duration,
     buckets: RwLock<BTreeMap<String, BTreeMap<String, StoredObject>>>,
     uploads: Mutex<HashMap<String, Upload>>,
@@ -135,6 +161,8 @@ pub struct Memory {
 impl Memory {
     pub fn new(latency: Duration) -> Self {
         Self {
+            checksum_style: Mutex::default(),
+            checksums: Mutex::default(),
             latency,
             buckets: RwLock::default(),
             uploads: Mutex::default(),
@@ -189,6 +217,7 @@ impl Memory {
         etag: String,
         metadata: HashMap<String, String>,
     ) {
+        self.remember_checksums(&etag, &data);
         let mut buckets = self.buckets.write().unwrap();
         buckets.entry(bucket.to_string()).or_default().insert(
             key.to_string(),
@@ -210,6 +239,46 @@ impl Memory {
             return Err(s3_error!(SlowDown, "injected fault"));
         }
         Ok(())
+    }
+
+    /// An uploaded body as it arrived (with the `corrupt_puts` fault applied, as damage on
+    /// the way would), checked against the CRC-64/NVME the client sent, as S3 does (OSS
+    /// style: not checked; the answer states the CRC of what arrived instead).
+    fn received(&self, data: Bytes, crc64nvme: Option<&str>) -> S3Result<Bytes> {
+        let data = if !data.is_empty() && Faults::take(&self.faults.corrupt_puts) {
+            let mut v = data.to_vec();
+            let mid = v.len() / 2;
+            v[mid] ^= 0x08;
+            Bytes::from(v)
+        } else {
+            data
+        };
+        let s3 = *self.checksum_style.lock().unwrap() == ChecksumStyle::S3;
+        if let (Some(want), true) = (crc64nvme, s3) {
+            if checksum_headers(&data).1 != want {
+                return Err(s3_error!(
+                    BadDigest,
+                    "the CRC-64/NVME you specified did not match the calculated checksum"
+                ));
+            }
+        }
+        Ok(data)
+    }
+
+    fn remember_checksums(&self, etag: &str, data: &[u8]) {
+        let mut sums = self.checksums.lock().unwrap();
+        if !sums.contains_key(etag) {
+            sums.insert(etag.to_string(), checksum_headers(data));
+        }
+    }
+
+    /// The checksum headers of the object or part with this ETag (quoted or not).
+    pub fn checksums_of(&self, etag: &str) -> Option<(String, String)> {
+        self.checksums
+            .lock()
+            .unwrap()
+            .get(etag.trim_matches('"'))
+            .cloned()
     }
 
     fn object(&self, bucket: &str, key: &str) -> S3Result<StoredObject> {
@@ -324,7 +393,13 @@ impl S3 for Service {
                 (range, Some(cr))
             }
         };
-        let body = obj.data.slice(range.start as usize..range.end as usize);
+        let mut body = obj.data.slice(range.start as usize..range.end as usize);
+        if !body.is_empty() && Faults::take(&m.faults.corrupt_gets) {
+            let mut v = body.to_vec();
+            let mid = v.len() / 2;
+            v[mid] ^= 0x04;
+            body = v.into();
+        }
         m.counters
             .bytes_out
             .fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -399,7 +474,10 @@ impl S3 for Service {
                 return Err(s3_error!(PreconditionFailed));
             }
         }
-        let data = collect(input.body).await?;
+        let data = m.received(
+            collect(input.body).await?,
+            input.checksum_crc64nvme.as_deref(),
+        )?;
         let etag = hex::encode(Md5::digest(&data));
         m.insert(
             &input.bucket,
@@ -586,8 +664,12 @@ impl S3 for Service {
         let m = &self.0;
         m.enter(&m.counters.multipart).await?;
         let input = req.input;
-        let data = collect(input.body).await?;
+        let data = m.received(
+            collect(input.body).await?,
+            input.checksum_crc64nvme.as_deref(),
+        )?;
         let etag = hex::encode(Md5::digest(&data));
+        m.remember_checksums(&etag, &data);
         let mut uploads = m.uploads.lock().unwrap();
         let upload = uploads
             .get_mut(&input.upload_id)
@@ -651,4 +733,15 @@ impl S3 for Service {
         m.uploads.lock().unwrap().remove(&req.input.upload_id);
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
+}
+
+/// `(x-oss-hash-crc64ecma, x-amz-checksum-crc64nvme)` values of `data`.
+fn checksum_headers(data: &[u8]) -> (String, String) {
+    use base64::Engine as _;
+    let xz = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Xz, data);
+    let nvme = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
+    (
+        xz.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(nvme.to_be_bytes()),
+    )
 }

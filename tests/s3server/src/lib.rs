@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use backend::{Faults, Memory, OpCounters, StoredObject};
+pub use backend::{ChecksumStyle, Faults, Memory, OpCounters, StoredObject};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
 use s3s::host::{S3Host, VirtualHost};
@@ -105,12 +105,69 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
                 Ok(slow_down())
             });
         }
+        let method = req.method().clone();
+        let asked = req
+            .headers()
+            .get("x-amz-checksum-mode")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"));
+        let backend = self.backend.clone();
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
             let r = fut.await.map_err(Into::into);
             drop(guard);
-            r
+            r.map(|mut resp| {
+                add_checksums(&backend, &method, asked, &mut resp);
+                resp
+            })
         })
+    }
+}
+
+/// Adds the checksum headers a store of the configured style would send.
+fn add_checksums(
+    backend: &Memory,
+    method: &http::Method,
+    asked: bool,
+    resp: &mut http::Response<s3s::Body>,
+) {
+    let style = *backend.checksum_style.lock().unwrap();
+    if style == ChecksumStyle::None || !resp.status().is_success() {
+        return;
+    }
+    let Some(etag) = resp
+        .headers()
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let Some((xz, nvme)) = backend.checksums_of(etag) else {
+        return;
+    };
+    // A whole object, or a range that covers all of it (`bytes 0-(n-1)/n`).
+    let whole = match resp
+        .headers()
+        .get(http::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(cr) => cr
+            .strip_prefix("bytes 0-")
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(last, total)| {
+                Some(last.parse::<u64>().ok()? + 1 == total.parse::<u64>().ok()?)
+            })
+            .unwrap_or(false),
+    };
+    let h = resp.headers_mut();
+    match style {
+        ChecksumStyle::Oss => {
+            h.insert("x-oss-hash-crc64ecma", xz.parse().expect("digits"));
+        }
+        ChecksumStyle::S3 if asked && whole && method == http::Method::GET => {
+            h.insert("x-amz-checksum-crc64nvme", nvme.parse().expect("base64"));
+        }
+        _ => {}
     }
 }
 

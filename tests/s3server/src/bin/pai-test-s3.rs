@@ -14,6 +14,9 @@
 //! - `stall N`: the next N requests are never answered (the connection stays open);
 //!   `stall-all on|off`: every request, until turned off;
 //! - `stall-gets N BYTES`: the next N GET bodies stop after BYTES, the connection open;
+//! - `corrupt-gets N`: the next N GET bodies have a bit flipped (length and headers kept);
+//! - `checksums none|s3|oss`: which full-object checksum headers are sent (default s3: the
+//!   CRC-64/NVME to GETs that ask with `x-amz-checksum-mode`);
 //! - `throttle-above K`: requests beyond K in progress at once answer `503 SlowDown` (0: off);
 //! - `put BUCKET KEY FILE`: stores the file's bytes (answers `ok ETAG`);
 //! - `fill BUCKET PREFIX COUNT SIZE`: stores COUNT objects `PREFIX000000.bin`... of SIZE bytes
@@ -61,6 +64,19 @@ fn command(backend: &Memory, line: &str) -> anyhow::Result<String> {
         }
         "stall-gets" => {
             backend.faults.stall_next_gets(num(1)? as u32, num(2)?);
+            "ok".into()
+        }
+        "corrupt-gets" => {
+            backend.faults.corrupt_next_gets(num(1)? as u32);
+            "ok".into()
+        }
+        "checksums" => {
+            *backend.checksum_style.lock().unwrap() = match word(1)? {
+                "none" => pai_test_s3::ChecksumStyle::None,
+                "s3" => pai_test_s3::ChecksumStyle::S3,
+                "oss" => pai_test_s3::ChecksumStyle::Oss,
+                other => anyhow::bail!("unknown checksum style {other:?}: none, s3 or oss"),
+            };
             "ok".into()
         }
         "throttle-above" => {
