@@ -437,7 +437,8 @@ fn encoded_len(identity_len: usize, payload_len: usize) -> usize {
 }
 
 /// A version 2 block file: header, padding, payload, padding, in one aligned buffer.
-fn encode(identity: &[u8], payload: &[u8]) -> Bytes {
+/// A block file holding `payload`, for the object block `identity`.
+pub fn encode(identity: &[u8], payload: &[u8]) -> Bytes {
     let mut crc = crc32fast::Hasher::new();
     crc.update(identity);
     crc.update(payload);
@@ -456,7 +457,7 @@ fn encode(identity: &[u8], payload: &[u8]) -> Bytes {
 }
 
 /// The payload of a block file, checked against `identity`; a slice of `buf`, not a copy.
-fn decode(buf: Bytes, identity: &[u8]) -> Result<Bytes, String> {
+pub fn decode(buf: Bytes, identity: &[u8]) -> Result<Bytes, String> {
     if buf.len() < FIXED_HEADER || &buf[..8] != MAGIC {
         return Err("bad magic or truncated header".into());
     }

@@ -159,6 +159,15 @@ pub fn read_passwd_file(
         path: path.display().to_string(),
         why: e.to_string(),
     })?;
+    parse_passwd(&text, bucket).map_err(|why| CredentialError::BadFile {
+        path: path.display().to_string(),
+        why: why.into(),
+    })
+}
+
+/// The credential for `bucket` in the text of an ossfs password file: its
+/// `bucket:AccessKeyId:AccessKeySecret` line, else the first `AccessKeyId:AccessKeySecret`.
+pub fn parse_passwd(text: &str, bucket: &str) -> Result<Option<AwsCredential>, &'static str> {
     let mut fallback = None;
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
@@ -176,10 +185,7 @@ pub fn read_passwd_file(
             [id, sk] if fallback.is_none() => fallback = Some(cred(id, sk)),
             [_, _] => {}
             _ => {
-                return Err(CredentialError::BadFile {
-                    path: path.display().to_string(),
-                    why: "expected lines of bucket:AccessKeyId:AccessKeySecret or AccessKeyId:AccessKeySecret".into(),
-                })
+                return Err("expected lines of bucket:AccessKeyId:AccessKeySecret or AccessKeyId:AccessKeySecret")
             }
         }
     }
@@ -354,8 +360,23 @@ impl EcsRoleProvider {
         let body = get(format!("{base}{role}"))
             .await
             .map_err(|e| format!("role {role}: {e}"))?;
+        let (credential, expires) = parse_role_response(&role, &body)?;
+        Ok(RoleCredential {
+            role,
+            credential,
+            expires,
+        })
+    }
+}
+
+/// The credential in the metadata service's answer for `role`, and when it expires.
+pub fn parse_role_response(
+    role: &str,
+    body: &str,
+) -> Result<(Arc<AwsCredential>, DateTime<Utc>), String> {
+    {
         let r: RoleResponse =
-            serde_json::from_str(&body).map_err(|e| format!("role {role}: bad response: {e}"))?;
+            serde_json::from_str(body).map_err(|e| format!("role {role}: bad response: {e}"))?;
         if r.code.as_deref().is_some_and(|c| c != "Success") {
             return Err(format!(
                 "role {role}: metadata service answered {:?}",
@@ -365,15 +386,14 @@ impl EcsRoleProvider {
         let expires = DateTime::parse_from_rfc3339(&r.expiration)
             .map_err(|e| format!("role {role}: bad Expiration: {e}"))?
             .with_timezone(&Utc);
-        Ok(RoleCredential {
-            role,
-            credential: Arc::new(AwsCredential {
+        Ok((
+            Arc::new(AwsCredential {
                 key_id: r.access_key_id,
                 secret_key: r.access_key_secret,
                 token: Some(r.security_token),
             }),
             expires,
-        })
+        ))
     }
 }
 

@@ -279,11 +279,16 @@ impl S3Lister {
                 _ => SourceError::Other { what: what(), why },
             });
         }
+        parse_list_page(&body).map_err(|why| SourceError::Other { what: what(), why })
+    }
+}
+
+/// One ListObjectsV2 answer body: its objects (keys decoded when the answer says they are
+/// URL-encoded), common prefixes, and the continuation token when it is truncated.
+pub fn parse_list_page(body: &[u8]) -> Result<ListPage, String> {
+    {
         let parsed: ListBucketResult =
-            quick_xml::de::from_reader(body.as_ref()).map_err(|e| SourceError::Other {
-                what: what(),
-                why: format!("unparseable listing: {e}"),
-            })?;
+            quick_xml::de::from_reader(body).map_err(|e| format!("unparseable listing: {e}"))?;
         let url_encoded = parsed.encoding_type.as_deref() == Some("url");
         let objects = parsed
             .contents
