@@ -1,7 +1,14 @@
 //! Every parser of bytes that come from outside this process, as a fuzz target: each function
 //! takes arbitrary bytes and must return (an `Err` is fine) without panicking, looping or
-//! allocating without bound. `cargo fuzz run NAME` (in `fuzz/`) drives them with libFuzzer;
-//! `tests/corpus.rs` replays the committed corpora (`fuzz/corpus/NAME/`) in every test run.
+//! allocating without bound. libFuzzer drives them through the cargo-fuzz crate in
+//! `fuzz/libfuzzer/` (a nightly toolchain and `cargo install cargo-fuzz`):
+//!
+//! ```sh
+//! cargo +nightly fuzz run --fuzz-dir fuzz/libfuzzer NAME fuzz/corpus/NAME -- -max_total_time=1800
+//! ```
+//!
+//! `tests/corpus.rs` replays the committed corpora (`fuzz/corpus/NAME/`) in every test run, on
+//! the stable toolchain.
 //!
 //! | name | parser | input comes from |
 //! |---|---|---|

@@ -374,27 +374,25 @@ pub fn parse_role_response(
     role: &str,
     body: &str,
 ) -> Result<(Arc<AwsCredential>, DateTime<Utc>), String> {
-    {
-        let r: RoleResponse =
-            serde_json::from_str(body).map_err(|e| format!("role {role}: bad response: {e}"))?;
-        if r.code.as_deref().is_some_and(|c| c != "Success") {
-            return Err(format!(
-                "role {role}: metadata service answered {:?}",
-                r.code
-            ));
-        }
-        let expires = DateTime::parse_from_rfc3339(&r.expiration)
-            .map_err(|e| format!("role {role}: bad Expiration: {e}"))?
-            .with_timezone(&Utc);
-        Ok((
-            Arc::new(AwsCredential {
-                key_id: r.access_key_id,
-                secret_key: r.access_key_secret,
-                token: Some(r.security_token),
-            }),
-            expires,
-        ))
+    let r: RoleResponse =
+        serde_json::from_str(body).map_err(|e| format!("role {role}: bad response: {e}"))?;
+    if r.code.as_deref().is_some_and(|c| c != "Success") {
+        return Err(format!(
+            "role {role}: metadata service answered {:?}",
+            r.code
+        ));
     }
+    let expires = DateTime::parse_from_rfc3339(&r.expiration)
+        .map_err(|e| format!("role {role}: bad Expiration: {e}"))?
+        .with_timezone(&Utc);
+    Ok((
+        Arc::new(AwsCredential {
+            key_id: r.access_key_id,
+            secret_key: r.access_key_secret,
+            token: Some(r.security_token),
+        }),
+        expires,
+    ))
 }
 
 fn short(e: &reqwest::Error) -> String {

@@ -286,37 +286,35 @@ impl S3Lister {
 /// One ListObjectsV2 answer body: its objects (keys decoded when the answer says they are
 /// URL-encoded), common prefixes, and the continuation token when it is truncated.
 pub fn parse_list_page(body: &[u8]) -> Result<ListPage, String> {
-    {
-        let parsed: ListBucketResult =
-            quick_xml::de::from_reader(body).map_err(|e| format!("unparseable listing: {e}"))?;
-        let url_encoded = parsed.encoding_type.as_deref() == Some("url");
-        let objects = parsed
-            .contents
-            .into_iter()
-            .map(|c| RawObject {
-                key: dec(&c.key, url_encoded),
-                size: c.size,
-                etag: c.e_tag.filter(|e| !e.is_empty()),
-                mtime_ms: c
-                    .last_modified
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                    .map_or(0, |t| t.timestamp_millis()),
-            })
-            .collect();
-        let prefixes = parsed
-            .common_prefixes
-            .into_iter()
-            .map(|p| dec(&p.prefix, url_encoded))
-            .collect();
-        Ok(ListPage {
-            objects,
-            prefixes,
-            next: parsed
-                .is_truncated
-                .then_some(parsed.next_continuation_token)
-                .flatten(),
+    let parsed: ListBucketResult =
+        quick_xml::de::from_reader(body).map_err(|e| format!("unparseable listing: {e}"))?;
+    let url_encoded = parsed.encoding_type.as_deref() == Some("url");
+    let objects = parsed
+        .contents
+        .into_iter()
+        .map(|c| RawObject {
+            key: dec(&c.key, url_encoded),
+            size: c.size,
+            etag: c.e_tag.filter(|e| !e.is_empty()),
+            mtime_ms: c
+                .last_modified
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .map_or(0, |t| t.timestamp_millis()),
         })
-    }
+        .collect();
+    let prefixes = parsed
+        .common_prefixes
+        .into_iter()
+        .map(|p| dec(&p.prefix, url_encoded))
+        .collect();
+    Ok(ListPage {
+        objects,
+        prefixes,
+        next: parsed
+            .is_truncated
+            .then_some(parsed.next_continuation_token)
+            .flatten(),
+    })
 }
 
 impl S3Lister {
