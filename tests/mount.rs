@@ -472,3 +472,23 @@ fn unmount_returns_while_a_supervisor_has_not_reaped_the_exited_daemon() {
     ok(out);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn pythons_open_and_an_unmount_leave_no_warnings_in_the_log() {
+    let s = server();
+    s.backend().put("bkt", "quiet/a.txt", b"hello".to_vec());
+    let m = mount(&s, "s3://bkt/quiet", &["--read-only"]);
+    // Python's open() asks isatty (an ioctl) of every file it opens.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sys; print(open(sys.argv[1]).read())")
+        .arg(m.path().join("a.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let log_path = m.log.clone();
+    drop(m);
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(!log.contains("Failed to umount"), "{log}");
+}
