@@ -43,6 +43,10 @@ class Dataset:
         access_key_id: Optional[str] = ...,
         secret_access_key: Optional[str] = ...,
         session_token: Optional[str] = ...,
+        connect_timeout: Optional[float] = ...,
+        first_byte_timeout: Optional[float] = ...,
+        idle_timeout: Optional[float] = ...,
+        max_concurrency: Optional[int] = ...,
     ) -> None: ...
     @property
     def url(self) -> str: ...
@@ -83,6 +87,10 @@ class IterableDataset:  # a torch.utils.data.IterableDataset
         access_key_id: Optional[str] = ...,
         secret_access_key: Optional[str] = ...,
         session_token: Optional[str] = ...,
+        connect_timeout: Optional[float] = ...,
+        first_byte_timeout: Optional[float] = ...,
+        idle_timeout: Optional[float] = ...,
+        max_concurrency: Optional[int] = ...,
     ) -> None: ...
     def set_epoch(self, epoch: int) -> None: ...
     def rank_world(self) -> Tuple[int, int]: ...

@@ -16,6 +16,10 @@ STORE_KEYS = (
     "access_key_id",
     "secret_access_key",
     "session_token",
+    "connect_timeout",
+    "first_byte_timeout",
+    "idle_timeout",
+    "max_concurrency",
 )
 
 

@@ -76,15 +76,37 @@ fn store_options(store: Option<&Bound<'_, PyDict>>) -> PyResult<StoreOptions> {
             "access_key_id" => creds.access_key_id = Some(v.extract()?),
             "secret_access_key" => creds.secret_access_key = Some(v.extract()?),
             "session_token" => creds.session_token = Some(v.extract()?),
+            "connect_timeout" => o.deadlines.connect = seconds(&k, v.extract()?)?,
+            "first_byte_timeout" => o.deadlines.first_byte = seconds(&k, v.extract()?)?,
+            "idle_timeout" => o.deadlines.idle = seconds(&k, v.extract()?)?,
+            "max_concurrency" => {
+                let n: usize = v.extract()?;
+                if n == 0 {
+                    return Err(to_py(LoadError::Invalid {
+                        why: "max_concurrency must be at least 1".into(),
+                    }));
+                }
+                o.max_concurrency = Some(n);
+            }
             other => {
                 return Err(PyTypeError::new_err(format!(
-                    "unknown store option {other:?}; expected region, endpoint, path_style, internal, anonymous, access_key_id, secret_access_key or session_token"
+                    "unknown store option {other:?}; expected region, endpoint, path_style, internal, anonymous, access_key_id, secret_access_key, session_token, connect_timeout, first_byte_timeout, idle_timeout or max_concurrency"
                 )))
             }
         }
     }
     o.credentials = creds;
     Ok(o)
+}
+
+/// A timeout given in seconds (a float): more than 0 and finite.
+fn seconds(name: &str, s: f64) -> PyResult<std::time::Duration> {
+    if !(s.is_finite() && s > 0.0) {
+        return Err(to_py(LoadError::Invalid {
+            why: format!("{name} must be a number of seconds more than 0, not {s}"),
+        }));
+    }
+    Ok(std::time::Duration::from_secs_f64(s))
 }
 
 fn shuffle_of(shuffle: &str, block_size: Option<u64>) -> PyResult<Shuffle> {

@@ -83,3 +83,22 @@ def test_an_unreachable_store_is_unavailable():
             access_key_id="a",
             secret_access_key="b",
         )
+
+
+def test_a_stalled_request_is_retried_within_the_first_byte_bound(server):
+    import time
+
+    server.put("stall/x.bin", b"y" * 5000)
+    store = dict(server.store(), first_byte_timeout=0.5, idle_timeout=0.5, connect_timeout=1)
+    server.command("stall 1")
+    t = time.monotonic()
+    with pm.open("s3://bkt/stall/x.bin", "rb", **store) as f:
+        assert f.read() == b"y" * 5000
+    assert time.monotonic() - t < 3
+
+
+def test_request_bounds_must_be_positive_seconds(server):
+    with pytest.raises(pm.InvalidArgumentError, match="first_byte_timeout"):
+        pm.open("s3://bkt/stall/x.bin", "rb", first_byte_timeout=0, **server.store())
+    with pytest.raises(pm.InvalidArgumentError, match="max_concurrency"):
+        pm.open("s3://bkt/stall/x.bin", "rb", max_concurrency=0, **server.store())
