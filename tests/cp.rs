@@ -210,3 +210,58 @@ fn manifest_tar_index_indexes_the_shards_for_the_loader() {
         .get("bkt", "wds/.pai-mount/tar-index.v1")
         .is_some());
 }
+
+#[test]
+fn damaged_bodies_are_caught_by_the_objects_checksum_and_fetched_again() {
+    use pai_test_s3::ChecksumStyle;
+    let s = server();
+    for (i, style) in [ChecksumStyle::S3, ChecksumStyle::Oss]
+        .into_iter()
+        .enumerate()
+    {
+        *s.backend().checksum_style.lock().unwrap() = style;
+        let small = data(1, 300_000);
+        let big = data(2, (3 << 20) + 777);
+        s.backend()
+            .put("bkt", &format!("sum{i}/small.bin"), small.clone());
+        s.backend()
+            .put("bkt", &format!("sum{i}/big.bin"), big.clone());
+        ok(cmd(&s, &["manifest", "build", &format!("s3://bkt/sum{i}")])
+            .output()
+            .unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        // Bits flipped in the first two bodies served: ranges of the big object (copied in
+        // 1 MiB ranges, one at a time), checked by combining the ranges' CRCs.
+        s.backend().faults.corrupt_next_gets(2);
+        let out = ok(cmd(
+            &s,
+            &[
+                "cp",
+                &format!("s3://bkt/sum{i}"),
+                dir.path().to_str().unwrap(),
+                "--part-size",
+                "1M",
+                "--jobs",
+                "1",
+            ],
+        )
+        .output()
+        .unwrap());
+        assert_eq!(
+            s.backend()
+                .faults
+                .corrupt_gets
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{style:?}: both damaged bodies were served: {out}"
+        );
+        assert!(
+            std::fs::read(dir.path().join("small.bin")).unwrap() == small,
+            "{style:?}"
+        );
+        assert!(
+            std::fs::read(dir.path().join("big.bin")).unwrap() == big,
+            "{style:?}"
+        );
+    }
+}

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures::StreamExt;
 use pai_store::manifest::{self, BuildOptions, Etag};
+use pai_store::metrics::Metrics;
+use pai_store::object::checksum::FullChecksum;
 use pai_store::object::{ObjectSource, PinnedObject, ReadError};
 use tokio::sync::Semaphore;
 
@@ -261,35 +263,28 @@ async fn copy_one(
         Etag::Md5(m) if verify && ranges.len() <= 1 => Some(m),
         _ => None,
     };
-    let mut results = futures::stream::iter(ranges)
-        .map(|r| {
-            let (requests, file) = (requests.clone(), file.clone());
-            async move {
-                let _permit = requests.acquire_owned().await.expect("never closed");
-                // A whole object whose bytes failed its checksum is fetched again over the
-                // same offsets; the file keeps its temporary name until it is right.
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match fetch_range(source, o, file.clone(), r.clone(), md5).await {
-                        Err(CopyError::Corrupt(why)) if attempt <= CHECKSUM_RETRIES => {
-                            tracing::warn!(key = %o.key, attempt, "{why}; fetching it again");
-                        }
-                        Err(CopyError::Corrupt(why)) => break Err(CopyError::Other(why)),
-                        other => break other,
-                    }
-                }
+    // An object of several ranges: the CRCs of its ranges must combine to the full-object
+    // checksum the store states (asked with one HEAD), else it is fetched again, whole.
+    let full = if verify && ranges.len() > 1 {
+        source
+            .full_checksum(&o.key, o.etag.as_deref())
+            .await
+            .map_err(|e| CopyError::Other(e.to_string()))?
+    } else {
+        None
+    };
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        let r = fetch_ranges(source, o, &file, &ranges, md5, full, requests).await;
+        match r {
+            Err(CopyError::Corrupt(why)) if attempt <= CHECKSUM_RETRIES => {
+                tracing::warn!(key = %o.key, attempt, "{why}; fetching it again");
             }
-        })
-        .buffer_unordered(16);
-    let mut result = Ok(());
-    while let Some(r) = results.next().await {
-        if let Err(e) = r {
-            result = Err(e);
-            break;
+            Err(CopyError::Corrupt(why)) => break Err(CopyError::Other(why)),
+            other => break other,
         }
-    }
-    drop(results);
+    };
     if let Err(e) = result {
         drop(file);
         let _ = std::fs::remove_file(&tmp);
@@ -310,6 +305,49 @@ async fn copy_one(
     Ok(true)
 }
 
+/// Fetches `ranges` of `o` into `file` in parallel. With `full`, each range's CRC is computed
+/// as it is written, and together they must make the object's checksum.
+async fn fetch_ranges(
+    source: &ObjectSource,
+    o: &PinnedObject,
+    file: &Arc<std::fs::File>,
+    ranges: &[std::ops::Range<u64>],
+    md5: Option<[u8; 16]>,
+    full: Option<FullChecksum>,
+    requests: &Arc<Semaphore>,
+) -> Result<(), CopyError> {
+    let mut results = futures::stream::iter(ranges.iter().cloned())
+        .map(|r| {
+            let (requests, file) = (requests.clone(), file.clone());
+            async move {
+                let _permit = requests.acquire_owned().await.expect("never closed");
+                let start = r.start;
+                let len = r.end - r.start;
+                fetch_range(source, o, file, r, md5, full)
+                    .await
+                    .map(|crc| (start, crc, len))
+            }
+        })
+        .buffer_unordered(16);
+    let mut crcs = Vec::with_capacity(ranges.len());
+    while let Some(r) = results.next().await {
+        crcs.push(r?);
+    }
+    drop(results);
+    if let Some(full) = full {
+        crcs.sort_unstable_by_key(|(start, _, _)| *start);
+        let parts: Vec<(u64, u64)> = crcs.iter().map(|&(_, c, l)| (c.unwrap_or(0), l)).collect();
+        if let Err((stated, computed)) = full.check_ranges(&parts) {
+            Metrics::add(&source.metrics().checksum_mismatches, 1);
+            return Err(CopyError::Corrupt(format!(
+                "{}: the bytes received do not match the object's checksum ({stated}; received {computed})",
+                o.key
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Streams one range into the file at its offset: the body goes chunk by chunk through a
 /// 4-chunk channel to a blocking writer, so a request holds a few chunks of memory
 /// however large its range. With `md5`, the chunks are hashed as they are written.
@@ -319,15 +357,20 @@ async fn fetch_range(
     file: Arc<std::fs::File>,
     r: std::ops::Range<u64>,
     md5: Option<[u8; 16]>,
-) -> Result<(), CopyError> {
+    full: Option<FullChecksum>,
+) -> Result<Option<u64>, CopyError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(4);
     let key = o.key.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
+    let writer = tokio::task::spawn_blocking(move || -> Result<Option<u64>, CopyError> {
         use md5::Digest;
         let mut hasher = md5.map(|_| md5::Md5::new());
+        let mut crc = full.map(FullChecksum::range_hasher);
         while let Some((off, chunk)) = rx.blocking_recv() {
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
+            }
+            if let Some(c) = crc.as_mut() {
+                c.update(&chunk);
             }
             file.write_all_at(&chunk, off)?;
         }
@@ -340,7 +383,7 @@ async fn fetch_range(
                 )));
             }
         }
-        Ok(())
+        Ok(crc.map(|c| c.finalize()))
     });
     let fetched = source
         .get_range_chunks(&o.key, r, o.etag.as_deref(), o.size, |off, chunk| {
@@ -355,8 +398,8 @@ async fn fetch_range(
         .await;
     drop(tx);
     // A local failure (a full disk) explains a stopped transfer: report it first.
-    writer.await.expect("writer panicked")?;
-    fetched.map_err(|e| match e {
+    let crc = writer.await.expect("writer panicked")?;
+    fetched.map(|()| crc).map_err(|e| match e {
         ReadError::Corrupt { .. } => CopyError::Corrupt(e.to_string()),
         e => CopyError::Other(e.to_string()),
     })

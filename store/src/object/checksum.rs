@@ -86,6 +86,35 @@ impl std::fmt::Display for FullChecksum {
     }
 }
 
+impl FullChecksum {
+    /// A CRC of one range of the object, of this checksum's kind (for [`Self::combine`]).
+    pub fn range_hasher(self) -> Digest {
+        Digest::new(self.algorithm())
+    }
+
+    /// Whether the CRCs of consecutive ranges `(crc, len)` that cover the whole object, in
+    /// order, combine to this checksum. `Err((stated, computed))` when not.
+    pub fn check_ranges(self, ranges: &[(u64, u64)]) -> Result<(), (Self, Self)> {
+        let alg = self.algorithm();
+        let mut iter = ranges.iter();
+        let Some(&(mut crc, _)) = iter.next() else {
+            return Ok(());
+        };
+        for &(next, len) in iter {
+            crc = crc_fast::checksum_combine(alg, crc, next, len);
+        }
+        let computed = match self {
+            Self::Crc64Xz(_) => Self::Crc64Xz(crc),
+            Self::Crc64Nvme(_) => Self::Crc64Nvme(crc),
+        };
+        if computed == self {
+            Ok(())
+        } else {
+            Err((self, computed))
+        }
+    }
+}
+
 /// Hashes a whole object as it arrives.
 pub struct Hasher {
     want: FullChecksum,
@@ -137,6 +166,28 @@ mod tests {
             FullChecksum::Crc64Nvme(0).of(b"123456789"),
             FullChecksum::Crc64Nvme(0xae8b_1486_0a79_9888)
         );
+    }
+
+    #[test]
+    fn crcs_of_consecutive_ranges_combine_to_the_whole_objects() {
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 13) as u8).collect();
+        for want in [
+            FullChecksum::Crc64Xz(0).of(&data),
+            FullChecksum::Crc64Nvme(0).of(&data),
+        ] {
+            let ranges: Vec<(u64, u64)> = data
+                .chunks(300_000)
+                .map(|c| {
+                    let mut d = want.range_hasher();
+                    d.update(c);
+                    (d.finalize(), c.len() as u64)
+                })
+                .collect();
+            assert!(want.check_ranges(&ranges).is_ok());
+            let mut bad = ranges.clone();
+            bad[2].0 ^= 1;
+            assert!(want.check_ranges(&bad).is_err());
+        }
     }
 
     #[test]

@@ -548,6 +548,28 @@ impl ObjectSource {
     }
 
     /// Size and ETag of `rel`, or `None` if it does not exist.
+    /// The full-object checksum the store states for `rel` (one HEAD, pinned to `etag`), if
+    /// it states one.
+    pub async fn full_checksum(
+        &self,
+        rel: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<checksum::FullChecksum>, ReadError> {
+        let path = self.path(rel)?;
+        Metrics::add(&self.metrics.head_requests, 1);
+        let options = GetOptions {
+            if_match: etag.map(str::to_string),
+            head: true,
+            ..Default::default()
+        };
+        let r = self
+            .store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| self.map_error(rel, etag, e))?;
+        Ok(r.extensions.get::<checksum::FullChecksum>().copied())
+    }
+
     pub async fn head(&self, rel: &str) -> Result<Option<(u64, Option<String>)>, WriteError> {
         let path = self.write_path("head", rel)?;
         Metrics::add(&self.metrics.head_requests, 1);

@@ -261,12 +261,12 @@ impl Transport {
         self
     }
 
-    /// Adds `x-amz-checksum-mode: ENABLED` to a GET and signs it again.
+    /// Adds `x-amz-checksum-mode: ENABLED` to a GET or HEAD and signs it again.
     async fn ask_for_checksums(&self, req: &mut HttpRequest) -> Result<(), HttpError> {
         let Some((credentials, region)) = &self.checksum_mode else {
             return Ok(());
         };
-        if req.method() != http::Method::GET {
+        if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
             return Ok(());
         }
         let credential = credentials

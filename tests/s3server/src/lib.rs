@@ -164,7 +164,9 @@ fn add_checksums(
         ChecksumStyle::Oss => {
             h.insert("x-oss-hash-crc64ecma", xz.parse().expect("digits"));
         }
-        ChecksumStyle::S3 if asked && whole && method == http::Method::GET => {
+        ChecksumStyle::S3
+            if asked && whole && (method == http::Method::GET || method == http::Method::HEAD) =>
+        {
             h.insert("x-amz-checksum-crc64nvme", nvme.parse().expect("base64"));
         }
         _ => {}
