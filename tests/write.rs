@@ -584,3 +584,20 @@ fn passthrough_writers_readers_and_read_write_handles_agree_and_every_version_la
         );
     }
 }
+
+#[test]
+fn fallocate_through_the_mount_extends_the_file_and_the_object() {
+    use std::os::fd::AsRawFd;
+    let s = server();
+    let m = mount(&s, "s3://bkt/falloc", &[]);
+    let path = m.path().join("pre.bin");
+    let f = std::fs::File::create(&path).unwrap();
+    // SAFETY: fallocate on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    drop(f);
+    ok(unmount(&m, &[]));
+    let obj = s.backend().get("bkt", "falloc/pre.bin").unwrap();
+    assert!(obj.data.len() == 1 << 20 && obj.data.iter().all(|b| *b == 0));
+}

@@ -374,6 +374,28 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fallocate(fh.0, offset, length, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_failure("fallocate", ino.0, &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
     fn write(
         &self,
         _req: &Request,

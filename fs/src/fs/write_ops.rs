@@ -215,6 +215,62 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate` on a handle that writes: mode 0 reserves the range in the staging file and
+    /// extends the file to its end (with zeros), `FALLOC_FL_KEEP_SIZE` only reserves. Other
+    /// modes (punching holes, zeroing, collapsing) are `EOPNOTSUPP`.
+    pub async fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<(), FsError> {
+        let open = self.handle(fh)?;
+        let OpenFile::Node {
+            node, write: true, ..
+        } = &*open
+        else {
+            return Err(FsError::BadHandle(fh));
+        };
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(FsError::Unsupported);
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let wb = self.wb()?;
+        let end = offset
+            .checked_add(len)
+            .ok_or(FsError::Invalid("range past 2^64"))?;
+        let staged = loop {
+            {
+                let mut st = node.state();
+                if let Some(s) = st.staged.clone() {
+                    if !keep_size && end > st.size {
+                        // Like a write of zeros at the end: a new version, a new size.
+                        st.version += 1;
+                        st.mtime_ms = now_ms();
+                        let from = st.size;
+                        st.size = end;
+                        wb.before_write(&mut st, from, end);
+                    }
+                    break s;
+                }
+            }
+            wb.stage(node, false).await?;
+        };
+        if let Err(e) = staged.allocate(offset, len, keep_size) {
+            let mut st = node.state();
+            if let Ok(len) = staged.len() {
+                st.size = len;
+            }
+            wb.reset_stream(&mut st, false);
+            return Err(FsError::Io(e));
+        }
+        if !keep_size {
+            wb.after_write(node);
+        }
+        Ok(())
+    }
+
     /// `close()` of a descriptor: a handle that wrote makes the file durable locally (staging
     /// file and journal record fsynced). The upload is queued when the handle is released
     /// (the last descriptor of the open file is closed), so a close of a duplicate descriptor

@@ -165,6 +165,42 @@ impl Staged {
         self.file.set_len(len)
     }
 
+    /// Reserves `offset..offset + len` in the staging file (`fallocate` mode 0, or
+    /// `FALLOC_FL_KEEP_SIZE` with `keep_size`). A filesystem without `fallocate` gets the size
+    /// change alone (mode 0), which is what a reader can tell.
+    pub fn allocate(&self, offset: u64, len: u64, keep_size: bool) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mode = if keep_size {
+            libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            0
+        };
+        // SAFETY: fallocate on a descriptor this struct owns; it touches no memory of ours.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) if keep_size => Ok(()),
+            Some(libc::EOPNOTSUPP) => {
+                let end = offset + len;
+                if self.len()? < end {
+                    self.file.set_len(end)?;
+                }
+                Ok(())
+            }
+            _ => Err(e),
+        }
+    }
+
     pub fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }

@@ -508,6 +508,39 @@ async fn uploads_that_meet_failed_parts_and_completes_are_retried_and_land_whole
 }
 
 #[tokio::test]
+async fn fallocate_extends_with_zeros_or_only_reserves_and_the_upload_has_the_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(&[], tmp.path()).await;
+    let (attr, fh) = rig.fs.create(ROOT_INO, b"prealloc.bin").await.unwrap();
+    rig.fs.write(fh, 0, b"head").await.unwrap();
+    rig.fs.fallocate(fh, 0, 1 << 20, 0).await.unwrap();
+    assert_eq!(rig.fs.getattr(attr.ino).unwrap().size, 1 << 20);
+    rig.fs
+        .fallocate(fh, 0, 4 << 20, libc::FALLOC_FL_KEEP_SIZE)
+        .await
+        .unwrap();
+    assert_eq!(rig.fs.getattr(attr.ino).unwrap().size, 1 << 20, "KEEP_SIZE");
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    assert_eq!(
+        rig.fs
+            .fallocate(fh, 0, 10, punch)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EOPNOTSUPP
+    );
+    rig.close(fh).await;
+    rig.wb().drain(|_| {}).await;
+    let mut want = vec![0u8; 1 << 20];
+    want[..4].copy_from_slice(b"head");
+    same(
+        &object(&rig.store, "prealloc.bin").await.unwrap(),
+        &want,
+        "prealloc.bin",
+    );
+}
+
+#[tokio::test]
 async fn fstat_of_a_file_unlinked_while_open_answers_with_nlink_zero() {
     let tmp = tempfile::tempdir().unwrap();
     let rig = setup(&[], tmp.path()).await;
