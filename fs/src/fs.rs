@@ -375,7 +375,7 @@ impl Fs {
         let info = snap.namespace.info(node).expect("resolved nodes exist");
         let mtime = UNIX_EPOCH + Duration::from_millis(info.mtime_ms.max(0) as u64);
         let (perm, nlink) = match info.kind {
-            NodeKind::Dir => (self.config.dir_mode, 2),
+            NodeKind::Dir => (self.config.dir_mode, self.dir_nlink(&snap.namespace, node)),
             NodeKind::File => (self.config.file_mode, 1),
         };
         Attr {
@@ -387,6 +387,18 @@ impl Fs {
             nlink,
             uid: self.config.uid,
             gid: self.config.gid,
+        }
+    }
+
+    /// A directory's link count: 2 plus its subdirectories while the tree is the manifest's;
+    /// once this mount changed anything, 1, the usual "not counted" value, which tells tools
+    /// like `find` not to infer the number of subdirectories from it (an undercount would make
+    /// them skip some).
+    fn dir_nlink(&self, ns: &Namespace, node: u32) -> u32 {
+        if self.overlay.read().unwrap().is_empty() {
+            2 + ns.subdirs(node)
+        } else {
+            1
         }
     }
 
@@ -413,7 +425,8 @@ impl Fs {
                 size: 0,
                 mtime: UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64),
                 perm: self.config.dir_mode,
-                nlink: 2,
+                // Made in this mount: its subdirectories are not counted.
+                nlink: 1,
                 uid: self.config.uid,
                 gid: self.config.gid,
             },

@@ -96,6 +96,8 @@ pub struct Namespace {
     children: Vec<u32>,
     md5: Vec<[u8; 16]>,
     other_etags: HashMap<u32, Box<str>>,
+    /// Subdirectories of each directory that has any (for `st_nlink`).
+    subdirs: HashMap<u32, u32>,
     files: u64,
     dirs: u64,
     bytes: u64,
@@ -266,8 +268,10 @@ impl Builder {
                     self.skip(&shadowed, "shadowed by a directory");
                 }
             }
+            let parent = self.stack.last().expect("the root stays").0;
             let id = self.add_node(seg, KIND_DIR, 0, self.dir_mtime_ms, &Etag::None);
             self.ns.dirs += 1;
+            *self.ns.subdirs.entry(parent).or_default() += 1;
             self.stack.push((id, seg.to_vec(), Vec::new()));
         }
         if !is_marker {
@@ -350,6 +354,11 @@ impl Namespace {
     }
 
     /// The children of a directory, in name order; empty for a file.
+    /// How many subdirectories directory `id` has.
+    pub fn subdirs(&self, id: u32) -> u32 {
+        self.subdirs.get(&id).copied().unwrap_or(0)
+    }
+
     pub fn children(&self, id: u32) -> &[u32] {
         match self.nodes.get(id as usize) {
             Some(n) if n.kind == KIND_DIR => {

@@ -159,3 +159,20 @@ async fn retired_snapshots_are_bounded() {
     assert_eq!(fs.getattr(first.ino).unwrap_err().errno(), libc::ESTALE);
     assert!(fs.lookup(ROOT_INO, b"f").is_ok());
 }
+
+#[tokio::test]
+async fn a_directorys_link_count_is_two_plus_its_subdirectories() {
+    let (fs, _, _) = setup(&[
+        ("a/x", vec![1]),
+        ("a/b/y", vec![2]),
+        ("a/c/z", vec![3]),
+        ("d", vec![4]),
+    ])
+    .await;
+    assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 3, "root: a");
+    let a = fs.lookup(ROOT_INO, b"a").unwrap();
+    assert_eq!(a.nlink, 4, "a: b and c");
+    let b = fs.lookup(a.ino, b"b").unwrap();
+    assert_eq!(b.nlink, 2);
+    assert_eq!(fs.lookup(ROOT_INO, b"d").unwrap().nlink, 1);
+}
