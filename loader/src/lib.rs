@@ -137,6 +137,38 @@ impl Dataset {
     pub fn open(url: &str, options: DatasetOptions) -> Result<Self, LoadError> {
         let metrics = Arc::new(Metrics::default());
         let conn = Self::connect(url, &options, &metrics)?;
+        Self::open_conn(url, options, conn, metrics)
+    }
+
+    /// Like [`Dataset::open`], over a source already connected (a store of any kind, such as
+    /// a fault-injecting wrapper in tests). A forked child connects to `url` afresh, as with
+    /// `open`.
+    pub fn open_on(
+        url: &str,
+        source: ObjectSource,
+        options: DatasetOptions,
+    ) -> Result<Self, LoadError> {
+        let rt = runtime().map_err(|e| LoadError::Unavailable {
+            url: url.to_string(),
+            key: None,
+            why: format!("starting a runtime: {e}"),
+        })?;
+        let metrics = source.metrics().clone();
+        let conn = Conn {
+            pid: std::process::id(),
+            url: url.to_string(),
+            rt: std::mem::ManuallyDrop::new(rt),
+            source,
+        };
+        Self::open_conn(url, options, conn, metrics)
+    }
+
+    fn open_conn(
+        url: &str,
+        options: DatasetOptions,
+        conn: Conn,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, LoadError> {
         let ns = Self::namespace(&conn)?;
         let suffixes = Self::suffixes(&options);
         let objects: Vec<_> = ns
