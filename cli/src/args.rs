@@ -264,7 +264,8 @@ pub struct CpArgs {
     /// Objects larger than this are fetched as parallel ranges of this size
     #[arg(long, value_parser = parse_positive_size, default_value = "8M")]
     pub part_size: u64,
-    /// Skip the MD5 check of single-part objects (ETag and size pinning still apply)
+    /// Skip the MD5 check of single-part objects and the CRC check of objects copied in ranges
+    /// (ETag and size pinning, and the store checksum of whole-object GETs, still apply)
     #[arg(long)]
     pub no_verify: bool,
     /// Flush everything to disk (one syncfs) before reporting success

@@ -43,7 +43,8 @@ pub struct CopyOptions {
     pub jobs: usize,
     /// Objects larger than this are fetched as parallel ranges of this size.
     pub part_size: u64,
-    /// Check the MD5 of single-part objects against their ETag.
+    /// Check the MD5 of single-part objects against their ETag, and the CRCs of objects copied
+    /// in several ranges against the full-object checksum the store states.
     pub verify: bool,
     /// One `syncfs` at the end: success means every byte is on disk.
     pub fsync: bool,
