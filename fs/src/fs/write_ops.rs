@@ -175,42 +175,73 @@ impl Fs {
         Ok((attr, fh))
     }
 
-    /// Writes through a handle opened for writing. The first write to an existing object
-    /// stages it (downloads it) first.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        let open = self.handle(fh)?;
-        let OpenFile::Node {
-            node, write: true, ..
-        } = &*open
-        else {
-            return Err(FsError::BadHandle(fh));
-        };
+    /// The node of a handle opened for writing.
+    fn writing_node(&self, fh: u64) -> Result<Arc<FileNode>, FsError> {
+        match &*self.handle(fh)? {
+            OpenFile::Node {
+                node, write: true, ..
+            } => Ok(node.clone()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    /// The node's staging file (staging the object first if needed), with `change` applied to
+    /// its state in the same critical section: the uploader drops a staging file only when no
+    /// version bump happened since its upload.
+    async fn stage_for_write(
+        &self,
+        node: &Arc<FileNode>,
+        mut change: impl FnMut(&mut crate::write::FileState),
+    ) -> Result<Arc<crate::write::Staged>, FsError> {
         let wb = self.wb()?;
-        let end = offset + data.len() as u64;
-        // The staging file and the version bump are taken together: the uploader drops a
-        // staging file only when no version bump happened since its upload.
-        let staged = loop {
+        loop {
             {
                 let mut st = node.state();
                 if let Some(s) = st.staged.clone() {
-                    st.version += 1;
-                    st.mtime_ms = now_ms();
-                    st.size = st.size.max(end);
-                    wb.before_write(&mut st, offset, end);
-                    break s;
+                    change(&mut st);
+                    return Ok(s);
                 }
             }
             wb.stage(node, false).await?;
-        };
-        if let Err(e) = staged.write_at(data, offset) {
+        }
+    }
+
+    /// After a local write to the staging file failed: the size is what the file holds, and an
+    /// early upload of the stream restarts.
+    fn failed_write(
+        &self,
+        node: &FileNode,
+        staged: &crate::write::Staged,
+        e: std::io::Error,
+    ) -> FsError {
+        if let Ok(wb) = self.wb() {
             let mut st = node.state();
             if let Ok(len) = staged.len() {
                 st.size = len;
             }
             wb.reset_stream(&mut st, false);
-            return Err(FsError::Io(e));
         }
-        wb.after_write(node);
+        FsError::Io(e)
+    }
+
+    /// Writes through a handle opened for writing. The first write to an existing object
+    /// stages it (downloads it) first.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let node = self.writing_node(fh)?;
+        let wb = self.wb()?;
+        let end = offset + data.len() as u64;
+        let staged = self
+            .stage_for_write(&node, |st| {
+                st.version += 1;
+                st.mtime_ms = now_ms();
+                st.size = st.size.max(end);
+                wb.before_write(st, offset, end);
+            })
+            .await?;
+        if let Err(e) = staged.write_at(data, offset) {
+            return Err(self.failed_write(&node, &staged, e));
+        }
+        wb.after_write(&node);
         Metrics::add(&self.metrics.write_bytes, data.len() as u64);
         Ok(data.len() as u32)
     }
@@ -225,13 +256,7 @@ impl Fs {
         len: u64,
         mode: i32,
     ) -> Result<(), FsError> {
-        let open = self.handle(fh)?;
-        let OpenFile::Node {
-            node, write: true, ..
-        } = &*open
-        else {
-            return Err(FsError::BadHandle(fh));
-        };
+        let node = self.writing_node(fh)?;
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
             return Err(FsError::Unsupported);
         }
@@ -240,33 +265,23 @@ impl Fs {
         let end = offset
             .checked_add(len)
             .ok_or(FsError::Invalid("range past 2^64"))?;
-        let staged = loop {
-            {
-                let mut st = node.state();
-                if let Some(s) = st.staged.clone() {
-                    if !keep_size && end > st.size {
-                        // Like a write of zeros at the end: a new version, a new size.
-                        st.version += 1;
-                        st.mtime_ms = now_ms();
-                        let from = st.size;
-                        st.size = end;
-                        wb.before_write(&mut st, from, end);
-                    }
-                    break s;
+        let staged = self
+            .stage_for_write(&node, |st| {
+                if !keep_size && end > st.size {
+                    // Like a write of zeros at the end: a new version, a new size.
+                    st.version += 1;
+                    st.mtime_ms = now_ms();
+                    let from = st.size;
+                    st.size = end;
+                    wb.before_write(st, from, end);
                 }
-            }
-            wb.stage(node, false).await?;
-        };
+            })
+            .await?;
         if let Err(e) = staged.allocate(offset, len, keep_size) {
-            let mut st = node.state();
-            if let Ok(len) = staged.len() {
-                st.size = len;
-            }
-            wb.reset_stream(&mut st, false);
-            return Err(FsError::Io(e));
+            return Err(self.failed_write(&node, &staged, e));
         }
         if !keep_size {
-            wb.after_write(node);
+            wb.after_write(&node);
         }
         Ok(())
     }
