@@ -7,6 +7,8 @@
 //! cargo bench -p pai-mount-benches --bench read            # PAI_BENCH_LATENCY_MS=20 by default
 //! ```
 //! Needs root (FUSE, and dropping the page cache for the cold and disk-cache rows).
+//! `PAI_BENCH_ONLY` (comma-separated) runs some sections only: seq, verify, parallel, sixteen,
+//! disk, small, random, rclone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -228,8 +230,6 @@ fn random_reads(path: &Path, size: u64) -> (f64, f64) {
     (lat[499], lat[989])
 }
 
-/// Whether section `name` runs: all of them, or those listed in `PAI_BENCH_ONLY` (comma-separated:
-/// seq, parallel, sixteen, disk, small, random, rclone).
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -263,6 +263,14 @@ fn main() {
             .backend()
             .put("bench", &format!("big/f{i}"), big.clone());
     }
+    // 256 of 4 MiB (one shared buffer), for the cost of checking files read in ranges.
+    let mid = bytes::Bytes::from((0..4 * MIB).map(|i| (i % 239) as u8).collect::<Vec<u8>>());
+    let mid_names: Vec<String> = (0..256).map(|i| format!("m{i:03}.bin")).collect();
+    for n in &mid_names {
+        b.server
+            .backend()
+            .put("bench", &format!("mid/{n}"), mid.clone());
+    }
     let small_names: Vec<String> = (0..2000).map(|i| format!("s{i:04}.bin")).collect();
     for (i, n) in small_names.iter().enumerate() {
         b.server.backend().put(
@@ -295,6 +303,49 @@ fn main() {
         let local_hot = (0..3).map(|_| dd(&local)).fold(0.0, f64::max);
         println!("cold sequential 1 GiB (dd bs=1M): mount {one:.0} MB/s, raw 8x8 MiB ranged GETs {raw1:.0} MB/s, ratio {:.2}; daemon peak RSS {:.0} MiB", one / raw1, mib(hwm1));
         println!("warm re-read of 1 GiB in the same mount (page cache): {again:.0} MB/s; local file from page cache {local_hot:.0} MB/s, ratio {:.2}", again / local_hot);
+    }
+
+    // What checking files read front to back costs (`--no-verify-reads` turns it off): the
+    // CRC of every block, and one HEAD per file. Alternating runs, medians of 3.
+    if pai_mount_benches::enabled("verify") {
+        let heads = || {
+            b.server
+                .backend()
+                .counters
+                .head
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let (mut big_on, mut big_off, mut mid_on, mut mid_off) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut heads_on, mut heads_off) = (0, 0);
+        for _ in 0..3 {
+            for verify in [true, false] {
+                let args: &[&str] = if verify { &[] } else { &["--no-verify-reads"] };
+                drop_caches();
+                let m = b.mount("big", args);
+                let one = dd(&m.dir.join("f0"));
+                m.stop();
+                drop_caches();
+                let m = b.mount("mid", args);
+                let h = heads();
+                let files = read_files(&m.dir, &mid_names, 8);
+                let h = heads() - h;
+                m.stop();
+                if verify {
+                    big_on.push(one);
+                    mid_on.push(files);
+                    heads_on = h;
+                } else {
+                    big_off.push(one);
+                    mid_off.push(files);
+                    heads_off = h;
+                }
+            }
+        }
+        println!("  runs: 1 GiB checked {big_on:.0?} / unchecked {big_off:.0?} MB/s; 4 MiB files checked {mid_on:.0?} / unchecked {mid_off:.0?} files/s");
+        let (bon, boff) = (median(&mut big_on), median(&mut big_off));
+        let (mon, moff) = (median(&mut mid_on), median(&mut mid_off));
+        println!("front-to-back checks (medians of 3): cold sequential 1 GiB {bon:.0} MB/s checked, {boff:.0} unchecked, ratio {:.2}; 256 x 4 MiB files, 8 threads: {mon:.0} files/s checked ({heads_on} HEADs), {moff:.0} unchecked ({heads_off} HEADs), ratio {:.2}", bon / boff, mon / moff);
     }
 
     // Four files in parallel. The machine's speed drifts between runs, so the mount and the raw

@@ -239,6 +239,10 @@ pub struct CacheArgs {
     /// Disk cache I/O engine: auto (io_uring, else pread), uring or pread
     #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "pread"])]
     pub io_engine: String,
+    /// Do not check files read front to back in ranges against the store's checksum (saves
+    /// one HEAD per file of more than 1 MiB; whole-object reads are still checked)
+    #[arg(long)]
+    pub no_verify_reads: bool,
 }
 
 #[derive(Debug, Args)]

@@ -119,6 +119,7 @@ pub fn prefetcher(
             max_window: cache.max_window,
             budget: cache.prefetch_budget,
             max_requests: cache.max_requests,
+            verify: !cache.no_verify_reads,
             ..Default::default()
         },
     ))

@@ -117,6 +117,8 @@ pub struct Attr {
     pub kind: NodeKind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// The mtime, unless `utimens` set another (see [`Fs::set_atime`]).
+    pub atime: SystemTime,
     pub perm: u16,
     pub nlink: u32,
     pub uid: u32,
@@ -190,6 +192,9 @@ pub struct Fs {
     io: Mutex<io_mode::IoModes>,
     /// Whether new handles may use FUSE passthrough (see `io_mode`).
     passthrough: std::sync::atomic::AtomicBool,
+    /// Access times set by `utimens`, by inode (see [`Fs::set_atime`]); `any_atime` once any is.
+    atimes: Mutex<HashMap<u64, SystemTime>>,
+    any_atime: std::sync::atomic::AtomicBool,
 }
 
 impl Fs {
@@ -218,6 +223,8 @@ impl Fs {
             next_ino: AtomicU64::new(OVERLAY_INO + 1),
             io: Mutex::default(),
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            atimes: Mutex::default(),
+            any_atime: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -378,11 +385,13 @@ impl Fs {
             NodeKind::Dir => (self.config.dir_mode, self.dir_nlink(&snap.namespace, node)),
             NodeKind::File => (self.config.file_mode, 1),
         };
+        let ino = snap.ino(node);
         Attr {
-            ino: snap.ino(node),
+            ino,
             kind: info.kind,
             size: info.size,
             mtime,
+            atime: self.atime(ino).unwrap_or(mtime),
             perm,
             nlink,
             uid: self.config.uid,
@@ -402,7 +411,29 @@ impl Fs {
         }
     }
 
+    /// Records an access time set by `utimens`. Reads do not change it (as with `noatime`), and
+    /// it is kept in memory for the mount's life, not in the bucket.
+    pub fn set_atime(&self, ino: u64, t: SystemTime) {
+        self.atimes.lock().unwrap().insert(ino, t);
+        self.any_atime.store(true, Ordering::Relaxed);
+    }
+
+    fn atime(&self, ino: u64) -> Option<SystemTime> {
+        if !self.any_atime.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.atimes.lock().unwrap().get(&ino).copied()
+    }
+
     pub(crate) fn target_attr(&self, t: &Target) -> Attr {
+        let mut a = self.target_attr_of(t);
+        if let Some(t) = self.atime(a.ino) {
+            a.atime = t;
+        }
+        a
+    }
+
+    fn target_attr_of(&self, t: &Target) -> Attr {
         match t {
             Target::Base { snap, node } => self.attr(snap, *node),
             Target::File(n) => {
@@ -413,6 +444,7 @@ impl Fs {
                     kind: NodeKind::File,
                     size: st.size,
                     mtime: UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64),
+                    atime: UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64),
                     perm: self.config.file_mode,
                     nlink: 1,
                     uid: self.config.uid,
@@ -424,6 +456,7 @@ impl Fs {
                 kind: NodeKind::Dir,
                 size: 0,
                 mtime: UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64),
+                atime: UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64),
                 perm: self.config.dir_mode,
                 // Made in this mount: its subdirectories are not counted.
                 nlink: 1,
@@ -768,8 +801,10 @@ impl Fs {
     /// Reads from an open handle. Short only at EOF.
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
         let open = self.handle(fh)?;
-        let (reader, key) = match &*open {
-            OpenFile::Base { reader, key, .. } => (reader.as_ref(), key.clone()),
+        let (reader, key, ino) = match &*open {
+            OpenFile::Base {
+                reader, key, ino, ..
+            } => (reader.as_ref(), key.clone(), *ino),
             OpenFile::Node { node, reader, .. } => {
                 return self.read_node(node, reader, offset, len).await;
             }
@@ -787,6 +822,9 @@ impl Fs {
                         | crate::object::ReadError::Gone { .. }
                 ) {
                     Metrics::add(&self.metrics.stale_reads, 1);
+                }
+                if matches!(e, crate::object::ReadError::Corrupt { .. }) {
+                    self.mark_damaged(ino);
                 }
                 // The adapter logs the failure once, with this message (key and cause).
                 tracing::debug!(key = %key, "read failed: {e}");

@@ -158,6 +158,13 @@ fn log_failure(op: &str, ino: u64, e: &FsError) {
     }
 }
 
+fn time_or_now(t: TimeOrNow) -> std::time::SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => std::time::SystemTime::now(),
+    }
+}
+
 fn to_fuse(a: &Attr) -> FileAttr {
     let kind = match a.kind {
         NodeKind::Dir => FileType::Directory,
@@ -167,7 +174,7 @@ fn to_fuse(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.mtime,
         crtime: a.mtime,
@@ -503,7 +510,7 @@ impl fuser::Filesystem for FuseAdapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         fh: Option<FileHandle>,
@@ -518,10 +525,8 @@ impl fuser::Filesystem for FuseAdapter {
             uid,
             gid,
             size,
-            mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => std::time::SystemTime::now(),
-            }),
+            mtime: mtime.map(time_or_now),
+            atime: atime.map(time_or_now),
             fh: fh.map(|f| f.0),
         };
         match self.rt.block_on(self.fs.setattr(ino.0, change)) {

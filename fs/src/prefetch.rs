@@ -46,8 +46,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::buf::BufPool;
 use crate::cache::{BlockId, DiskCache, BLOCK_SIZE};
 use crate::metrics::Metrics;
+use crate::object::checksum::FullChecksum;
+use crate::object::SourceKind;
 use crate::object::{ObjectSource, ReadError};
 use crate::reader::{ObjectReader, PinnedObject, ReaderFactory};
+
+mod verify;
+use verify::{Chain, Verdict};
 
 /// Idle block buffers kept for reuse (64 MiB at most).
 const POOL_BLOCKS: usize = 64;
@@ -77,6 +82,9 @@ pub struct PrefetchConfig {
     /// buffers beyond its bytes, so this cap, not only the byte budget, bounds memory; 32 parts
     /// of 8 MiB in flight already keep 25 Gbit/s busy at 20 ms of first-byte latency.
     pub max_requests: usize,
+    /// Check files read front to back against the store's full-object checksum by combining
+    /// their blocks' CRCs (see [`verify`]); costs one HEAD per file of more than one block.
+    pub verify: bool,
 }
 
 impl Default for PrefetchConfig {
@@ -89,6 +97,7 @@ impl Default for PrefetchConfig {
             seek_back: 2 << 20,
             random_granule: 64 << 10,
             max_requests: 32,
+            verify: true,
         }
     }
 }
@@ -223,8 +232,15 @@ impl MemoryBudget {
 /// error that ended it, if one did (blocks delivered before it stay good).
 #[derive(Default)]
 struct Progress {
-    blocks: Vec<Bytes>,
+    blocks: Vec<Block>,
     error: Option<Arc<ReadError>>,
+}
+
+/// One block of a part, with its CRC when its reader verifies (see [`verify`]).
+#[derive(Clone)]
+struct Block {
+    bytes: Bytes,
+    crc: Option<u64>,
 }
 
 /// Parts in flight or held by any handle, by (object identity, block): handles of the same
@@ -260,7 +276,7 @@ impl Part {
     }
 
     /// Block `b` of this part, waiting until it has arrived.
-    async fn block(&self, b: u64) -> Result<Bytes, Arc<ReadError>> {
+    async fn block(&self, b: u64) -> Result<Block, Arc<ReadError>> {
         let i = (b - self.blocks.start) as usize;
         let mut rx = self.progress.clone();
         let outcome = match rx
@@ -358,7 +374,12 @@ impl Prefetcher {
         for run in runs(&blocks, self.config.part_size / BLOCK_SIZE) {
             let part = reader.spawn_part(run.clone(), None);
             for b in run {
-                fetched += part.block(b).await.map_err(|e| clone_error(&e))?.len() as u64;
+                fetched += part
+                    .block(b)
+                    .await
+                    .map_err(|e| clone_error(&e))?
+                    .bytes
+                    .len() as u64;
             }
             // Wait for the cache writes too: the fetch task sets `fetched` before writing, so
             // poll the task's completion through its abort handle.
@@ -377,7 +398,16 @@ impl Prefetcher {
             object.etag.as_deref().unwrap_or("")
         )
         .into();
+        // Files of one block are read whole and checked as they arrive; unpinned ones could
+        // be compared with another version's checksum.
+        let chain = (self.config.verify
+            && object.size > BLOCK_SIZE
+            && object.etag.is_some()
+            && self.source.source().kind != SourceKind::File)
+            .then(|| Chain::new(self.source.checksum_kind(), object.size));
         PrefetchReader {
+            crc_kind: chain.as_ref().map(Chain::kind),
+            stated: Arc::default(),
             object,
             tasks: self.tasks.clone(),
             pool: self.pool.clone(),
@@ -395,6 +425,8 @@ impl Prefetcher {
                 window: BLOCK_SIZE,
                 parts: BTreeMap::new(),
                 started: false,
+                chain,
+                asked: false,
             }),
         }
     }
@@ -433,6 +465,10 @@ struct State {
     /// Block index -> the part that holds it.
     parts: BTreeMap<u64, Arc<Part>>,
     started: bool,
+    /// The running CRC of the blocks read so far, when this handle verifies.
+    chain: Option<Chain>,
+    /// Whether the store's checksum has been asked for.
+    asked: bool,
 }
 
 /// The reader of one open handle.
@@ -451,6 +487,10 @@ pub struct PrefetchReader {
     open_readers: Arc<AtomicUsize>,
     root: Arc<str>,
     state: std::sync::Mutex<State>,
+    /// The kind of CRC each block gets, when this handle verifies.
+    crc_kind: Option<FullChecksum>,
+    /// The full-object checksum the store states (one HEAD, shared by whoever needs it first).
+    stated: Arc<tokio::sync::OnceCell<Option<FullChecksum>>>,
 }
 
 impl Drop for PrefetchReader {
@@ -520,15 +560,16 @@ impl PrefetchReader {
             let metrics = self.source.metrics().clone();
             let requests = self.requests.clone();
             let pool = self.pool.clone();
+            let kind = self.crc_kind;
             let running = Running::start(&self.tasks);
             async move {
                 let _running = running;
                 // Delivers the blocks of `out` that are now there in order: a reader waiting
                 // for block i needs blocks up to i, not the whole part.
-                let deliver = |out: &[Option<Bytes>]| {
+                let deliver = |out: &[Option<Block>]| {
                     tx.send_modify(|p| {
                         while let Some(Some(block)) = out.get(p.blocks.len()) {
-                            let n = block.len() as u64;
+                            let n = block.bytes.len() as u64;
                             live.fetch_add(n, Ordering::AcqRel);
                             let now = metrics.parts_live.fetch_add(n, Ordering::Relaxed) + n;
                             metrics.parts_peak.fetch_max(now, Ordering::Relaxed);
@@ -536,7 +577,7 @@ impl PrefetchReader {
                         }
                     })
                 };
-                let mut out: Vec<Option<Bytes>> = vec![None; ids.len()];
+                let mut out: Vec<Option<Block>> = vec![None; ids.len()];
                 if let Some(cache) = &cache {
                     // All blocks of the part at once: the engine overlaps their disk reads, and
                     // each block is delivered as soon as it and the ones before it are read.
@@ -547,8 +588,9 @@ impl PrefetchReader {
                         .map(|(i, id)| async move { (i, cache.get(id).await) })
                         .collect();
                     while let Some((i, block)) = futures::StreamExt::next(&mut reads).await {
-                        if block.is_some() {
-                            out[i] = block;
+                        if let Some(bytes) = block {
+                            let crc = kind.map(|k| k.of(&bytes).value());
+                            out[i] = Some(Block { bytes, crc });
                             deliver(&out);
                         }
                     }
@@ -565,8 +607,8 @@ impl PrefetchReader {
                         ..block_range(run.end - 1, object.size).end;
                     let _request = requests.acquire().await.expect("never closed");
                     let mut next = run.start;
-                    let fetch = fetch_blocks(&source, &object, range, &pool, |block| {
-                        new_blocks.push((next, block.clone()));
+                    let fetch = fetch_blocks(&source, &object, range, &pool, kind, |block| {
+                        new_blocks.push((next, block.bytes.clone()));
                         out[(next - blocks.start) as usize] = Some(block);
                         next += 1;
                         deliver(&out);
@@ -772,19 +814,22 @@ impl PrefetchReader {
 /// One ranged GET of `range` (block-aligned within `object`), copied straight into one pooled
 /// buffer per block as the body arrives; each block goes to `on_block` once complete. A fetch of
 /// the whole object is checked against the store's full-object checksum at its end, so its
-/// blocks are handed on only then: a damaged body never reaches a reader.
+/// blocks are handed on only then: a damaged body never reaches a reader. With `kind`, each
+/// block's CRC of that kind is computed as its bytes are copied in (while they are in cache).
 async fn fetch_blocks(
     source: &ObjectSource,
     object: &PinnedObject,
     range: Range<u64>,
     pool: &Arc<BufPool>,
-    mut on_block: impl FnMut(Bytes),
+    kind: Option<FullChecksum>,
+    mut on_block: impl FnMut(Block),
 ) -> Result<(), ReadError> {
     let size = object.size;
     let mut current: Option<crate::buf::AlignedBuf> = None;
+    let mut digest = kind.map(FullChecksum::range_hasher);
     let mut block = range.start / BLOCK_SIZE;
     let whole = range.start == 0 && range.end == size;
-    let mut held: Vec<Bytes> = Vec::new();
+    let mut held: Vec<Block> = Vec::new();
     source
         .get_range_chunks(
             &object.key,
@@ -796,9 +841,21 @@ async fn fetch_blocks(
                     let r = block_range(block, size);
                     let buf = current.get_or_insert_with(|| pool.take((r.end - r.start) as usize));
                     let n = ((r.end - r.start) as usize - buf.len()).min(chunk.len());
-                    buf.extend_from_slice(&chunk.split_to(n));
+                    let piece = chunk.split_to(n);
+                    buf.extend_from_slice(&piece);
+                    if let Some(d) = &mut digest {
+                        d.update(&piece);
+                    }
                     if buf.len() as u64 == r.end - r.start {
-                        let done = current.take().expect("just filled").freeze();
+                        let crc = digest.as_mut().map(|d| {
+                            let crc = d.finalize();
+                            d.reset();
+                            crc
+                        });
+                        let done = Block {
+                            bytes: current.take().expect("just filled").freeze(),
+                            crc,
+                        };
                         if whole {
                             held.push(done);
                         } else {
@@ -849,6 +906,7 @@ impl PrefetchReader {
             return Ok(Bytes::new());
         }
         let range = offset..size.min(offset + u64::from(len));
+        self.failed_verification()?;
         let parts = match self.plan(&range) {
             Plan::Parts(parts) => parts,
             Plan::Direct => return self.read_direct(range).await,
@@ -862,7 +920,7 @@ impl PrefetchReader {
                 Metrics::add(&self.source.metrics().memory_hits, 1);
             }
             prev = Some(Arc::as_ptr(part) as usize);
-            let block = match part.block(b).await {
+            let Block { bytes: block, crc } = match part.block(b).await {
                 Ok(block) => block,
                 Err(e) => {
                     // A failed fetch must not stick: forget it so the next read fetches again.
@@ -870,6 +928,9 @@ impl PrefetchReader {
                     return Err(clone_error(&e));
                 }
             };
+            if let Some(crc) = crc {
+                self.chain_add(b, crc);
+            }
             let br = block_range(b, size);
             let from = range.start.max(br.start) - br.start;
             let to = range.end.min(br.end) - br.start;
@@ -890,7 +951,138 @@ impl PrefetchReader {
                 .extend_from_slice(&piece);
             }
         }
+        if range.end == size {
+            // The last block's bytes go out only once the file has been checked.
+            self.finish_chain().await?;
+        }
         Ok(single.unwrap_or_else(|| out.map(BytesMut::freeze).unwrap_or_default()))
+    }
+
+    /// Adds block `b`'s CRC to the handle's chain; once the handle reads past its first block,
+    /// asks the store for its checksum in the background.
+    fn chain_add(&self, b: u64, crc: u64) {
+        let mut st = self.state.lock().unwrap();
+        let Some(chain) = &mut st.chain else {
+            return;
+        };
+        chain.add(b, crc);
+        if b >= 1 && !st.asked {
+            st.asked = true;
+            let this = self.stated_checksum();
+            tokio::spawn(async move {
+                this.await;
+            });
+        }
+    }
+
+    /// The checksum the store states for the pinned object (one HEAD per handle, whoever asks
+    /// first); `None` if it states none or the HEAD failed.
+    fn stated_checksum(&self) -> impl std::future::Future<Output = Option<FullChecksum>> {
+        let cell = self.stated.clone();
+        let source = self.source.clone();
+        let key = self.object.key.clone();
+        let etag = self.object.etag.clone();
+        async move {
+            *cell
+                .get_or_init(|| async {
+                    match source.full_checksum(&key, etag.as_deref()).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(%key, "no checksum to verify a sequential read with: {e}");
+                            None
+                        }
+                    }
+                })
+                .await
+        }
+    }
+
+    /// Completes the chain after a read that reached the end of the file: the CRCs of blocks the
+    /// handle still holds but has not combined (out-of-order reads), then the comparison.
+    async fn finish_chain(&self) -> Result<(), ReadError> {
+        let gaps: Vec<(u64, Arc<Part>)> = {
+            let st = self.state.lock().unwrap();
+            match &st.chain {
+                Some(chain) if chain.verdict() == Verdict::Open => (chain.next()..chain.last())
+                    .filter(|b| chain.wants(*b))
+                    .filter_map(|b| st.parts.get(&b).map(|p| (b, p.clone())))
+                    .collect(),
+                // Decided already (a failure is repeated below), or not verifying.
+                _ => Vec::new(),
+            }
+        };
+        for (b, part) in gaps {
+            if let Ok(Block { crc: Some(crc), .. }) = part.block(b).await {
+                self.chain_add(b, crc);
+            }
+        }
+        let open_and_complete = {
+            let st = self.state.lock().unwrap();
+            st.chain
+                .as_ref()
+                .is_some_and(|c| c.verdict() == Verdict::Open && c.complete())
+        };
+        if !open_and_complete {
+            return self.failed_verification();
+        }
+        let stated = self.stated_checksum().await;
+        let verdict = {
+            let mut st = self.state.lock().unwrap();
+            let Some(chain) = &mut st.chain else {
+                return Ok(());
+            };
+            if chain.verdict() != Verdict::Open {
+                // Another read of the handle decided meanwhile.
+                Verdict::Open
+            } else {
+                chain.finish(stated)
+            }
+        };
+        let metrics = self.source.metrics();
+        match verdict {
+            Verdict::Open => return self.failed_verification(),
+            Verdict::Verified => Metrics::add(&metrics.files_verified, 1),
+            Verdict::Unverified => Metrics::add(&metrics.files_unverified, 1),
+            Verdict::Failed(stated, computed) => {
+                Metrics::add(&metrics.checksum_mismatches, 1);
+                tracing::error!(
+                    key = %self.source.full_key(&self.object.key),
+                    %stated,
+                    %computed,
+                    "a file read front to back did not match the store's checksum; its reads fail with EIO and its cached blocks are dropped"
+                );
+                self.drop_blocks();
+                return self.failed_verification();
+            }
+        }
+        Ok(())
+    }
+
+    /// `Err(Corrupt)` once this handle's chain failed: every later read fails too.
+    fn failed_verification(&self) -> Result<(), ReadError> {
+        let st = self.state.lock().unwrap();
+        match st.chain.as_ref().map(Chain::verdict) {
+            Some(Verdict::Failed(stated, computed)) => Err(ReadError::Corrupt {
+                key: self.source.full_key(&self.object.key),
+                stated: stated.to_string(),
+                computed: computed.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets every block of the object this handle holds, and deletes them from the disk
+    /// cache, so that the next open fetches the object afresh.
+    fn drop_blocks(&self) {
+        let parts = std::mem::take(&mut self.state.lock().unwrap().parts);
+        drop(parts);
+        if let Some(cache) = &self.cache {
+            for b in 0..self.object.size.div_ceil(BLOCK_SIZE) {
+                if let Some(id) = self.block_id(b) {
+                    cache.forget(&id);
+                }
+            }
+        }
     }
 }
 

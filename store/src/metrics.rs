@@ -42,6 +42,8 @@ pub const PARTS_PEAK: &str = "prefetch.part_bytes_peak";
 pub const REQUESTS_THROTTLED: &str = "object.requests_throttled";
 pub const REQUEST_TIMEOUTS: &str = "object.request_timeouts";
 pub const CHECKSUM_MISMATCHES: &str = "object.checksum_mismatches";
+pub const FILES_VERIFIED: &str = "read.files_verified";
+pub const FILES_UNVERIFIED: &str = "read.files_unverified";
 
 /// Process-wide counters, shared through an `Arc`.
 #[derive(Debug, Default)]
@@ -100,6 +102,10 @@ pub struct Metrics {
     /// Bytes that did not match the store's full-object checksum (downloads and uploads);
     /// each was retried, never delivered.
     pub checksum_mismatches: AtomicU64,
+    /// Files read front to back in ranges whose blocks' CRCs combined to the store's checksum.
+    pub files_verified: AtomicU64,
+    /// Files read front to back in ranges that could not be checked (no checksum stated).
+    pub files_unverified: AtomicU64,
 }
 
 impl Metrics {
@@ -148,6 +154,8 @@ impl Metrics {
             (REQUESTS_THROTTLED, g(&self.requests_throttled)),
             (REQUEST_TIMEOUTS, g(&self.request_timeouts)),
             (CHECKSUM_MISMATCHES, g(&self.checksum_mismatches)),
+            (FILES_VERIFIED, g(&self.files_verified)),
+            (FILES_UNVERIFIED, g(&self.files_unverified)),
         ]
     }
 

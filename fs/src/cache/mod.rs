@@ -307,6 +307,11 @@ impl DiskCache {
         self.engine.read_at(Arc::new(f), 0, len, buf).await
     }
 
+    /// Deletes the block `id`, if cached (its bytes failed a check further up).
+    pub fn forget(&self, id: &BlockId) {
+        self.remove(&BlockId::name(&id.identity()));
+    }
+
     fn remove(&self, name: &[u8; 16]) {
         if let Some(len) = self.index.lock().unwrap().pop(name) {
             self.used.fetch_sub(len, Ordering::Relaxed);

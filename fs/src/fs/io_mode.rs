@@ -90,6 +90,8 @@ pub(super) struct IoModes {
     /// fh -> (ino, kind, writes through passthrough).
     handles: HashMap<u64, (u64, Kind, bool)>,
     inodes: HashMap<u64, Counts>,
+    /// Inodes whose page cache may hold bytes that failed a checksum: their next open drops it.
+    damaged: std::collections::HashSet<u64>,
 }
 
 impl Fs {
@@ -102,6 +104,12 @@ impl Fs {
             .as_ref()
             .is_some_and(|wb| !wb.config().early_upload);
         self.passthrough.store(on && usable, Ordering::Relaxed);
+    }
+
+    /// Records that a read of inode `ino` failed a checksum after some of its bytes reached the
+    /// page cache.
+    pub(super) fn mark_damaged(&self, ino: u64) {
+        self.io.lock().unwrap().damaged.insert(ino);
     }
 
     pub fn passthrough_enabled(&self) -> bool {
@@ -148,12 +156,15 @@ impl Fs {
             crate::metrics::Metrics::add(&self.metrics.passthrough_opens, 1);
         }
         io.handles.insert(fh, (ino, kind, pt_writer));
+        let damaged = io.damaged.remove(&ino);
         drop(io);
         Ok(match kind {
             // Only unchanged files keep the kernel's page cache across opens: their content
             // cannot change under an inode.
+            // A file whose bytes failed a check drops its pages at the next open, so a reread
+            // asks the daemon, which fetches it afresh.
             Kind::Cached => IoMode::Cached {
-                keep_cache: matches!(&*open, OpenFile::Base { .. }),
+                keep_cache: matches!(&*open, OpenFile::Base { .. }) && !damaged,
             },
             Kind::Direct => IoMode::Direct,
             Kind::Passthrough => {

@@ -176,3 +176,23 @@ async fn a_directorys_link_count_is_two_plus_its_subdirectories() {
     assert_eq!(b.nlink, 2);
     assert_eq!(fs.lookup(ROOT_INO, b"d").unwrap().nlink, 1);
 }
+
+#[tokio::test]
+async fn an_access_time_set_by_utimens_is_kept_and_reads_leave_it() {
+    let (fs, _, _) = setup(&[("d/a.txt", b"hello".to_vec())]).await;
+    let d = fs.lookup(ROOT_INO, b"d").unwrap();
+    let a = fs.lookup(d.ino, b"a.txt").unwrap();
+    assert_eq!(a.atime, a.mtime, "the mtime until one is set");
+    let t = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let set = SetAttr {
+        atime: Some(t),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(a.ino, set.clone()).await.unwrap().atime, t);
+    assert_eq!(fs.setattr(d.ino, set).await.unwrap().atime, t);
+    let fh = fs.open(a.ino, false).unwrap();
+    fs.read(fh, 0, 5).await.unwrap();
+    let after = fs.getattr(a.ino).unwrap();
+    assert_eq!((after.atime, after.mtime), (t, a.mtime));
+    assert_eq!(fs.lookup(ROOT_INO, b"d").unwrap().atime, t);
+}

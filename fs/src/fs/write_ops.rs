@@ -27,6 +27,8 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    /// Kept in memory for the mount's life (see [`Fs::set_atime`]).
+    pub atime: Option<SystemTime>,
     /// The handle, when the change comes through an open file (`ftruncate`).
     pub fh: Option<u64>,
 }
@@ -359,10 +361,13 @@ impl Fs {
         Ok(())
     }
 
-    /// Changes size and mtime. Mode and ownership cannot be stored: a change is `EPERM`, and
-    /// setting the values they already have succeeds.
+    /// Changes size, mtime and atime. Mode and ownership cannot be stored: a change is `EPERM`,
+    /// and setting the values they already have succeeds.
     pub async fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr, FsError> {
         let (target, path) = self.resolve_path(ino)?;
+        if let Some(t) = a.atime {
+            self.set_atime(ino, t);
+        }
         let current = self.target_attr(&target);
         if a.mode.is_some_and(|m| (m & 0o7777) as u16 != current.perm) {
             return Err(FsError::NotPermitted("modes are not stored in the bucket"));

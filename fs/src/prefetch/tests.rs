@@ -62,6 +62,7 @@ fn small_config() -> PrefetchConfig {
         seek_back: BLOCK_SIZE,
         random_granule: 64 * 1024,
         max_requests: 3,
+        verify: true,
     }
 }
 
@@ -374,6 +375,19 @@ async fn faulty_setup(
     Vec<u8>,
     Arc<crate::object::faulty::FaultyStore>,
 ) {
+    faulty_setup_with(size, None).await
+}
+
+/// [`faulty_setup`] with a disk cache.
+async fn faulty_setup_with(
+    size: usize,
+    cache: Option<Arc<DiskCache>>,
+) -> (
+    Prefetcher,
+    PinnedObject,
+    Vec<u8>,
+    Arc<crate::object::faulty::FaultyStore>,
+) {
     let store = Arc::new(InMemory::new());
     let bytes = data(size);
     let put = store
@@ -392,7 +406,7 @@ async fn faulty_setup(
         etag: put.e_tag.map(Into::into),
     };
     (
-        Prefetcher::new(source, None, PrefetchConfig::default()),
+        Prefetcher::new(source, cache, PrefetchConfig::default()),
         object,
         bytes,
         faulty,
@@ -437,4 +451,98 @@ async fn a_stalled_fetch_is_cut_off_by_the_callers_bound_and_later_reads_work() 
     );
     let got = r.read(2 * MIB, 4096).await.unwrap();
     assert_eq!(&got[..], &bytes[2 * MIB as usize..2 * MIB as usize + 4096]);
+}
+
+/// Reads the whole object front to back in 128 KiB reads, as `cat` through the kernel does;
+/// the first error ends it.
+async fn read_all(r: &dyn ObjectReader, size: u64) -> Result<Vec<u8>, ReadError> {
+    let mut out = Vec::new();
+    while (out.len() as u64) < size {
+        out.extend_from_slice(&r.read(out.len() as u64, 128 << 10).await?);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_file_read_front_to_back_is_checked_against_the_stores_checksum() {
+    use crate::object::checksum::FullChecksum;
+    let size = 10 * MIB + 12_345;
+    let (p, obj, bytes, faulty) = faulty_setup(size as usize).await;
+    faulty.state_checksums(FullChecksum::Crc64Nvme(0));
+    let m = p.source.metrics().clone();
+    let got = read_all(p.open(obj.clone()).as_ref(), size).await.unwrap();
+    assert_eq!(got, bytes);
+    assert_eq!(m.files_verified.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        m.head_requests.load(Ordering::Relaxed),
+        1,
+        "one HEAD per file"
+    );
+
+    // A store that states no checksum: read, counted as unverified.
+    let (p, obj, bytes, _faulty) = faulty_setup(size as usize).await;
+    let m = p.source.metrics().clone();
+    assert_eq!(read_all(p.open(obj).as_ref(), size).await.unwrap(), bytes);
+    assert_eq!(m.files_unverified.load(Ordering::Relaxed), 1);
+    assert_eq!(m.files_verified.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_damaged_block_fails_the_read_at_the_end_and_a_reopen_reads_it_afresh() {
+    use crate::object::checksum::FullChecksum;
+    use crate::object::faulty::{Fault, Op};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open_cache(dir.path());
+    let size = 6 * MIB + 999;
+    let (p, obj, bytes, faulty) = faulty_setup_with(size as usize, Some(cache.clone())).await;
+    faulty.state_checksums(FullChecksum::Crc64Nvme(0));
+    let m = p.source.metrics().clone();
+    // One bit flipped in the middle of the file, on its way; length and headers intact.
+    faulty.inject(Op::Get, Fault::Corrupt { at: 3 * MIB + 17 }, None);
+    let r = p.open(obj.clone());
+    match read_all(r.as_ref(), size).await {
+        Err(ReadError::Corrupt { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("damaged bytes read to the end without an error"),
+    }
+    faulty.clear();
+    assert_eq!(m.checksum_mismatches.load(Ordering::Relaxed), 1);
+    assert!(
+        r.read(0, 4096).await.is_err(),
+        "every later read of the handle fails"
+    );
+    // The damaged blocks left the disk cache: a new handle reads the right bytes.
+    let gets = m.get_requests.load(Ordering::Relaxed);
+    assert_eq!(read_all(p.open(obj).as_ref(), size).await.unwrap(), bytes);
+    assert!(
+        m.get_requests.load(Ordering::Relaxed) > gets,
+        "fetched again"
+    );
+    assert_eq!(m.files_verified.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn blocks_read_from_the_disk_cache_are_checked_too() {
+    use crate::object::checksum::FullChecksum;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open_cache(dir.path());
+    let size = 4 * MIB + 1;
+    let (p, obj, bytes, faulty) = faulty_setup_with(size as usize, Some(cache)).await;
+    faulty.state_checksums(FullChecksum::Crc64Nvme(0));
+    let m = p.source.metrics().clone();
+    assert_eq!(
+        read_all(p.open(obj.clone()).as_ref(), size).await.unwrap(),
+        bytes
+    );
+    while p.busy() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let gets = m.get_requests.load(Ordering::Relaxed);
+    assert_eq!(read_all(p.open(obj).as_ref(), size).await.unwrap(), bytes);
+    assert_eq!(
+        m.get_requests.load(Ordering::Relaxed),
+        gets,
+        "all from the disk cache"
+    );
+    assert_eq!(m.files_verified.load(Ordering::Relaxed), 2);
 }

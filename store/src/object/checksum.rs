@@ -53,10 +53,30 @@ impl FullChecksum {
         }
     }
 
-    fn value(self) -> u64 {
+    /// The checksum's value.
+    pub fn value(self) -> u64 {
         match self {
             Self::Crc64Xz(v) | Self::Crc64Nvme(v) => v,
         }
+    }
+
+    /// The same kind of checksum, with value `v`.
+    pub fn with_value(self, v: u64) -> Self {
+        match self {
+            Self::Crc64Xz(_) => Self::Crc64Xz(v),
+            Self::Crc64Nvme(_) => Self::Crc64Nvme(v),
+        }
+    }
+
+    /// Whether `other` is a checksum of the same kind.
+    pub fn same_kind(self, other: Self) -> bool {
+        std::mem::discriminant(&self) == std::mem::discriminant(&other)
+    }
+
+    /// The CRC of this kind of the bytes `a ++ b`, from the CRC of `a`, the CRC of `b`, and the
+    /// length of `b`.
+    pub fn combine(self, crc_a: u64, crc_b: u64, len_b: u64) -> u64 {
+        crc_fast::checksum_combine(self.algorithm(), crc_a, crc_b, len_b)
     }
 
     /// A hasher for the bytes this checksum covers.
@@ -69,11 +89,7 @@ impl FullChecksum {
 
     /// The same kind of checksum, computed over `data`.
     pub fn of(self, data: &[u8]) -> Self {
-        let v = crc_fast::checksum(self.algorithm(), data);
-        match self {
-            Self::Crc64Xz(_) => Self::Crc64Xz(v),
-            Self::Crc64Nvme(_) => Self::Crc64Nvme(v),
-        }
+        self.with_value(crc_fast::checksum(self.algorithm(), data))
     }
 }
 
@@ -103,10 +119,7 @@ impl FullChecksum {
         for &(next, len) in iter {
             crc = crc_fast::checksum_combine(alg, crc, next, len);
         }
-        let computed = match self {
-            Self::Crc64Xz(_) => Self::Crc64Xz(crc),
-            Self::Crc64Nvme(_) => Self::Crc64Nvme(crc),
-        };
+        let computed = self.with_value(crc);
         if computed == self {
             Ok(())
         } else {
@@ -132,11 +145,7 @@ impl Hasher {
         if got == self.want.value() {
             return Ok(());
         }
-        let computed = match self.want {
-            FullChecksum::Crc64Xz(_) => FullChecksum::Crc64Xz(got),
-            FullChecksum::Crc64Nvme(_) => FullChecksum::Crc64Nvme(got),
-        };
-        Err((self.want, computed))
+        Err((self.want, self.want.with_value(got)))
     }
 }
 

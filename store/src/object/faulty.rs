@@ -14,6 +14,10 @@
 //! - `Corrupt { at }`: a GET body has the byte at offset `at` of the object flipped (length
 //!   and headers unchanged).
 //!
+//! With [`FaultyStore::state_checksums`] it also states a full-object checksum as S3 does: with
+//! HEAD answers and GETs of the whole object, computed from the stored bytes (never from a
+//! corrupted body), and not with ranged GETs.
+//!
 //! Every method of the trait is implemented (no defaults), so nothing bypasses the rules.
 
 use std::ops::Range;
@@ -26,6 +30,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
+use super::checksum::FullChecksum;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
@@ -83,6 +88,8 @@ struct Rules {
     list: Mutex<Vec<Rule>>,
     /// Calls that met a fault.
     injected: AtomicU64,
+    /// The kind of full-object checksum HEAD and whole GET answers state, if any.
+    checksums: Mutex<Option<FullChecksum>>,
 }
 
 impl std::fmt::Display for FaultyStore {
@@ -97,6 +104,11 @@ impl FaultyStore {
             inner,
             rules: Arc::default(),
         })
+    }
+
+    /// From now on, HEAD answers and GETs of a whole object state its checksum of `kind`.
+    pub fn state_checksums(&self, kind: FullChecksum) {
+        *self.rules.checksums.lock().unwrap() = Some(kind);
     }
 
     /// Applies `fault` to the next `times` calls of `op` (every call with `None`).
@@ -281,7 +293,16 @@ impl ObjectStore for FaultyStore {
     ) -> object_store::Result<GetResult> {
         let op = if options.head { Op::Head } else { Op::Get };
         let body = self.before(op, location.as_ref()).await?;
-        let r = self.inner.get_opts(location, options).await?;
+        let whole = options.head || options.range.is_none();
+        let mut r = self.inner.get_opts(location, options).await?;
+        let kind = *self.rules.checksums.lock().unwrap();
+        if let (Some(kind), true) = (kind, whole) {
+            let stored = object_store::ObjectStoreExt::get(&self.inner, location)
+                .await?
+                .bytes()
+                .await?;
+            r.extensions.insert(kind.of(&stored));
+        }
         Ok(match body {
             Some(f) => body_fault(r, f, location.to_string()),
             None => r,

@@ -189,6 +189,8 @@ pub struct ObjectSource {
     store: Arc<dyn ObjectStore>,
     lister: Arc<dyn Lister>,
     metrics: Arc<Metrics>,
+    /// The kind of full-object checksum the store last stated (see [`Self::checksum_kind`]).
+    checksum_seen: Arc<std::sync::Mutex<Option<checksum::FullChecksum>>>,
 }
 
 impl ObjectSource {
@@ -205,6 +207,7 @@ impl ObjectSource {
             store,
             lister,
             metrics,
+            checksum_seen: Arc::default(),
         })
     }
 
@@ -216,6 +219,7 @@ impl ObjectSource {
             store,
             lister,
             metrics,
+            checksum_seen: Arc::default(),
         }
     }
 
@@ -225,6 +229,25 @@ impl ObjectSource {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The kind of full-object checksum this store states, for CRCs computed before its answer:
+    /// the kind it last sent, or before any, the one its protocol uses (OSS's CRC-64/XZ, S3's
+    /// CRC-64/NVME). The value is 0.
+    pub fn checksum_kind(&self) -> checksum::FullChecksum {
+        let seen = *self.checksum_seen.lock().unwrap();
+        seen.unwrap_or(match self.source.kind {
+            SourceKind::Oss => checksum::FullChecksum::Crc64Xz(0),
+            SourceKind::S3 | SourceKind::File => checksum::FullChecksum::Crc64Nvme(0),
+        })
+        .with_value(0)
+    }
+
+    fn saw_checksum(&self, c: Option<checksum::FullChecksum>) -> Option<checksum::FullChecksum> {
+        if let Some(c) = c {
+            *self.checksum_seen.lock().unwrap() = Some(c);
+        }
+        c
     }
 
     /// The full key of `rel`, a key relative to the prefix.
@@ -340,9 +363,8 @@ impl ObjectSource {
                 });
             }
             if whole && pos == 0 {
-                hasher = result
-                    .extensions
-                    .get::<checksum::FullChecksum>()
+                hasher = self
+                    .saw_checksum(result.extensions.get::<checksum::FullChecksum>().copied())
                     .map(|c| c.hasher());
             }
             let mut body = result.into_stream();
@@ -567,7 +589,7 @@ impl ObjectSource {
             .get_opts(&path, options)
             .await
             .map_err(|e| self.map_error(rel, etag, e))?;
-        Ok(r.extensions.get::<checksum::FullChecksum>().copied())
+        Ok(self.saw_checksum(r.extensions.get::<checksum::FullChecksum>().copied()))
     }
 
     pub async fn head(&self, rel: &str) -> Result<Option<(u64, Option<String>)>, WriteError> {
