@@ -3,24 +3,11 @@
 use std::sync::Arc;
 
 use pai_mount_fs::metrics::Metrics;
-use pai_mount_fs::object::credentials::{CredentialFlags, Env};
+use pai_mount_fs::object::credentials::{CredentialFlags, EmptyEnv};
 use pai_mount_fs::object::{ObjectSource, Source, StoreOptions};
 use pai_mount_fs::prefetch::{PrefetchConfig, Prefetcher};
 use pai_mount_fs::reader::{PinnedObject, ReaderFactory};
 use pai_test_s3::{ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
-
-struct NoEnv;
-impl Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn home(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-    fn etc(&self) -> std::path::PathBuf {
-        "/nonexistent".into()
-    }
-}
 
 fn creds() -> CredentialFlags {
     CredentialFlags {
@@ -46,7 +33,7 @@ async fn connect(server: &TestServer, url: &str, path_style: bool) -> ObjectSour
     ObjectSource::connect(
         Source::parse(url).unwrap(),
         &options,
-        &NoEnv,
+        &EmptyEnv,
         Arc::new(Metrics::default()),
     )
     .await

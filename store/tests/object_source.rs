@@ -3,22 +3,9 @@
 use std::sync::Arc;
 
 use pai_store::metrics::Metrics;
-use pai_store::object::credentials::{CredentialFlags, Env};
+use pai_store::object::credentials::{CredentialFlags, EmptyEnv};
 use pai_store::object::{ObjectSource, ReadError, Source, SourceError, StoreOptions};
 use pai_test_s3::{ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
-
-struct NoEnv;
-impl Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn home(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-    fn etc(&self) -> std::path::PathBuf {
-        "/nonexistent".into()
-    }
-}
 
 fn creds() -> CredentialFlags {
     CredentialFlags {
@@ -44,7 +31,7 @@ async fn connect(server: &TestServer, url: &str, path_style: bool) -> ObjectSour
     ObjectSource::connect(
         Source::parse(url).unwrap(),
         &options,
-        &NoEnv,
+        &EmptyEnv,
         Arc::new(Metrics::default()),
     )
     .await
@@ -129,7 +116,7 @@ async fn wrong_secret_and_missing_bucket_are_clear_errors() {
     let s = ObjectSource::connect(
         Source::parse("s3://bkt").unwrap(),
         &options,
-        &NoEnv,
+        &EmptyEnv,
         Arc::new(Metrics::default()),
     )
     .await
@@ -140,7 +127,7 @@ async fn wrong_secret_and_missing_bucket_are_clear_errors() {
     let s = ObjectSource::connect(
         Source::parse("s3://nope").unwrap(),
         &options,
-        &NoEnv,
+        &EmptyEnv,
         Arc::new(Metrics::default()),
     )
     .await
@@ -152,7 +139,7 @@ async fn wrong_secret_and_missing_bucket_are_clear_errors() {
     let s = ObjectSource::connect(
         Source::parse("s3://bkt").unwrap(),
         &options,
-        &NoEnv,
+        &EmptyEnv,
         Arc::new(Metrics::default()),
     )
     .await
@@ -167,7 +154,7 @@ async fn missing_credentials_name_everything_tried() {
     let err = ObjectSource::connect(
         Source::parse("s3://bkt").unwrap(),
         &options,
-        &NoEnv,
+        &EmptyEnv,
         Arc::new(Metrics::default()),
     )
     .await

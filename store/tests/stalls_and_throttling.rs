@@ -6,22 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pai_store::metrics::Metrics;
-use pai_store::object::credentials::{CredentialFlags, Env};
+use pai_store::object::credentials::{CredentialFlags, EmptyEnv};
 use pai_store::object::{Deadlines, ObjectSource, Source, StoreOptions};
 use pai_test_s3::{ServerConfig, TestServer, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY};
-
-struct NoEnv;
-impl Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn home(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-    fn etc(&self) -> std::path::PathBuf {
-        "/nonexistent".into()
-    }
-}
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -41,7 +28,7 @@ async fn connect(server: &TestServer, deadlines: Deadlines) -> (ObjectSource, Ar
     let s = ObjectSource::connect(
         Source::parse("s3://bkt").unwrap(),
         &options,
-        &NoEnv,
+        &EmptyEnv,
         metrics.clone(),
     )
     .await

@@ -69,6 +69,23 @@ impl Env for ProcessEnv {
     }
 }
 
+/// An environment with no variables, no home directory and no system files: only explicit
+/// credentials count (tests, and programs that pass their keys themselves).
+#[derive(Debug, Clone, Copy)]
+pub struct EmptyEnv;
+
+impl Env for EmptyEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn home(&self) -> Option<PathBuf> {
+        None
+    }
+    fn etc(&self) -> PathBuf {
+        PathBuf::from("/nonexistent")
+    }
+}
+
 /// The metadata service of ECS instances. Overridable for tests and unusual networks.
 pub const ECS_METADATA_ENDPOINT: &str = "http://100.100.100.200";
 /// Environment variable that overrides [`ECS_METADATA_ENDPOINT`].
