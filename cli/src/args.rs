@@ -144,7 +144,9 @@ pub struct MountArgs {
     /// Entry and attribute TTL given to the kernel
     #[arg(long, value_parser = parse_duration, default_value = "1d")]
     pub metadata_ttl: Duration,
-    /// Mount options: allow_other, uid=N, gid=N, file_mode=OCTAL, dir_mode=OCTAL
+    /// Mount options, comma-separated: allow_other, ro, uid=N, gid=N, file_mode=OCTAL,
+    /// dir_mode=OCTAL, and any long flag by name (cache_dir=/ssd/cache, path_style); generic
+    /// fstab options (_netdev, nofail, x-systemd.*, ...) are ignored
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// FUSE worker threads

@@ -5,6 +5,7 @@ mod cp;
 mod demo;
 mod manifest_cmd;
 mod mount;
+mod options;
 mod progress;
 mod status;
 mod store;
@@ -13,7 +14,15 @@ mod warm;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = args::Cli::parse();
+    let argv = match options::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("pai-mount: error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let _ = ARGV.set(argv.clone());
+    let cli = args::Cli::parse_from(argv);
     let result = match cli.command {
         args::Command::Mount(m) => mount::run(*m),
         args::Command::Unmount(u) => mount::unmount(u),
@@ -31,6 +40,9 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+/// The command line after [`options::expand`]: what a daemon is re-run with.
+pub(crate) static ARGV: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
 
 /// Logs to stderr; `PAI_MOUNT_LOG` sets the filter (default `info`).
 pub(crate) fn init_logging(default: &str) {

@@ -19,6 +19,7 @@ use pai_mount_fs::manifest::{self, BuildOptions, Origin};
 use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::mountpoint;
 use pai_mount_fs::namespace::Namespace;
+use pai_mount_fs::object::credentials::home_dir;
 use pai_mount_fs::write::{WriteBack, WriteConfig};
 
 use crate::args::{MountArgs, UnmountArgs};
@@ -43,7 +44,10 @@ fn parse_options(
             "file_mode" => fs.file_mode = (num(v, 8)? & 0o7777) as u16,
             "dir_mode" => fs.dir_mode = (num(v, 8)? & 0o7777) as u16,
             "ro" => mount.read_only = true,
-            other => bail!("unknown mount option {other:?} (known: allow_other, uid=, gid=, file_mode=, dir_mode=, ro)"),
+            other => bail!(
+                "unknown mount option {other:?} (known: {})",
+                crate::options::FUSE_OPTIONS.join(", ")
+            ),
         }
     }
     Ok(())
@@ -64,10 +68,12 @@ fn staging_dir(a: &MountArgs, source: &str) -> PathBuf {
     if let Some(d) = &a.cache.cache_dir {
         return d.join("staging");
     }
+    // Never a temporary directory: staged files must survive a reboot.
     let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+        .or_else(|| home_dir().map(|h| h.join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
     let name: String = source
         .chars()
         .map(|c| {
@@ -130,7 +136,12 @@ fn daemonize(a: &MountArgs) -> anyhow::Result<()> {
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let exe = std::env::current_exe().context("finding our own executable")?;
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // The expanded command line (`pai-mount mount SOURCE MOUNTPOINT --flag ...`), also when we
+    // were started as the mount(8) helper.
+    let mut args: Vec<std::ffi::OsString> = match crate::ARGV.get() {
+        Some(argv) => argv.iter().skip(1).cloned().collect(),
+        None => std::env::args_os().skip(1).collect(),
+    };
     args.push("--foreground".into());
     args.push("--ready-fd".into());
     args.push(fds[1].to_string().into());

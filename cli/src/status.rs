@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use pai_mount_fs::object::credentials::home_dir;
 use pai_mount_fs::write::WriteStatus;
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +38,10 @@ pub struct DaemonStatus {
 pub fn state_dir() -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+        .or_else(|| home_dir().map(|h| h.join(".local/state")))
+        .context("no home directory to keep mount state in: set HOME or XDG_STATE_HOME")?;
     let dir = base.join("pai-mount");
     std::fs::DirBuilder::new()
         .recursive(true)

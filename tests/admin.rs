@@ -1,0 +1,115 @@
+//! What admins set up: fstab lines through the real mount(8) and umount(8).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// mount(8) runs helpers with no PATH (the shell's default then applies), so the binary is
+/// linked where an installed one would be for as long as the test runs.
+struct Installed(&'static str);
+
+impl Installed {
+    fn link() -> Self {
+        let at = "/usr/local/sbin/pai-mount";
+        match std::fs::symlink_metadata(at) {
+            Ok(m) if !m.file_type().is_symlink() => {
+                panic!("{at} is an installed pai-mount; the test would shadow it")
+            }
+            Ok(_) => std::fs::remove_file(at).unwrap(),
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(BIN, at).unwrap();
+        Self(at)
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+/// mount(8) or umount(8), with the test server's keys in the environment.
+fn mount8(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", pai_test_s3::DEFAULT_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", pai_test_s3::DEFAULT_SECRET_KEY)
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("pai-mount-test-state"),
+        )
+        .output()
+        .unwrap();
+    ok(out)
+}
+
+/// Whether a daemon serving `mp` is still running.
+fn daemon_running(mp: &Path) -> bool {
+    Command::new("pgrep")
+        .args(["-f", &format!("pai-mount mount .* {}", mp.display())])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn fstab_lines_mount_through_mount8_and_go_away_with_umount() {
+    let _installed = Installed::link();
+    let s = server();
+    s.backend().put("bkt", "data/a.txt", b"hello".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let (m1, m2) = (dir.path().join("m1"), dir.path().join("m2"));
+    std::fs::create_dir_all(&m1).unwrap();
+    std::fs::create_dir_all(&m2).unwrap();
+    let cache = dir.path().join("cache");
+    let ep = s.endpoint();
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# pai-mount test table\n\
+             s3://bkt/data {m1} fuse.pai-mount noauto,_netdev,nofail,endpoint={ep},path_style,region=us-east-1,cache_dir={cache},x-systemd.automount,x-systemd.idle-timeout=10min 0 0\n\
+             s3://bkt/data {m2} fuse.pai-mount ro,_netdev,endpoint={ep},path_style,metadata_ttl=1s 0 0\n",
+            m1 = m1.display(),
+            m2 = m2.display(),
+            cache = cache.display(),
+        ),
+    )
+    .unwrap();
+    let fstab = fstab.to_str().unwrap();
+
+    // One line, by its mount point.
+    mount8("mount", &["-T", fstab, m1.to_str().unwrap()]);
+    assert!(is_mounted(&m1));
+    assert!(
+        daemon_running(&m1),
+        "the daemon runs as `pai-mount mount SOURCE MOUNTPOINT ...`"
+    );
+    assert_eq!(std::fs::read(m1.join("a.txt")).unwrap(), b"hello");
+    std::fs::write(m1.join("b.txt"), b"written").unwrap();
+    assert!(cache.is_dir(), "cache_dir= reached the daemon");
+
+    // Every line without noauto.
+    mount8("mount", &["-a", "-T", fstab]);
+    assert!(is_mounted(&m2));
+    assert_eq!(std::fs::read(m2.join("a.txt")).unwrap(), b"hello");
+    let err = std::fs::write(m2.join("c.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "ro is read-only");
+
+    // umount(8): the daemons finish (uploads included) and exit.
+    for m in [&m1, &m2] {
+        mount8("umount", &[m.to_str().unwrap()]);
+        assert!(!is_mounted(m));
+        wait_until(|| !daemon_running(m));
+    }
+    assert_eq!(
+        s.backend()
+            .get("bkt", "data/b.txt")
+            .map(|o| o.data.to_vec()),
+        Some(b"written".to_vec()),
+        "the write made before umount was uploaded"
+    );
+}
