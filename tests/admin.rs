@@ -113,3 +113,73 @@ fn fstab_lines_mount_through_mount8_and_go_away_with_umount() {
         "the write made before umount was uploaded"
     );
 }
+
+/// One HTTP/1.1 GET of `path`; the whole answer.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_mount_serves_its_metrics_to_prometheus() {
+    let s = server();
+    s.backend().put("bkt", "metrics/a.bin", vec![3u8; 300_000]);
+    // A free port: bound, then let go for the daemon.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let m = mount(
+        &s,
+        "s3://bkt/metrics",
+        &["--read-only", "--metrics-addr", &addr],
+    );
+    assert_eq!(
+        std::fs::read(m.path().join("a.bin")).unwrap().len(),
+        300_000
+    );
+    let answer = http_get(&addr, "/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("application/openmetrics-text"), "{answer}");
+    let line = answer
+        .lines()
+        .find(|l| l.starts_with("pai_mount_object_get_requests_total{"))
+        .expect("the GET counter");
+    assert!(line.contains("source=\"s3://bkt/metrics\""), "{line}");
+    let gets: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(gets >= 1, "{line}");
+    assert!(answer.contains("# TYPE pai_mount_prefetch_budget_held_bytes gauge"));
+    assert!(http_get(&addr, "/other").starts_with("HTTP/1.1 404"));
+
+    // A port that is taken fails the mount with a message that names it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let err = fails(
+        cmd(
+            &s,
+            &[
+                "mount",
+                "s3://bkt/metrics",
+                dir.path().to_str().unwrap(),
+                "--read-only",
+                "--metrics-addr",
+                &port,
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(err.contains(&format!("serving metrics on {port}")), "{err}");
+}

@@ -163,6 +163,10 @@ pub struct MountArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub write: WriteArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464; off by
+    /// default; anyone who can reach the address can read them)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Log file of the daemon (default: ~/.local/state/pai-mount/<mountpoint>.log)
     #[arg(long)]
     pub log_file: Option<PathBuf>,

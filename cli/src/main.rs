@@ -3,6 +3,7 @@
 mod args;
 mod cp;
 mod demo;
+mod exporter;
 mod manifest_cmd;
 mod mount;
 mod options;

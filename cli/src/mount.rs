@@ -431,6 +431,12 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
     }
     let rt = crate::runtime()?;
     let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = a.metrics_addr {
+        let registry =
+            crate::exporter::registry(metrics.clone(), &a.store.source, &mp.to_string_lossy());
+        let bound = crate::exporter::start(&rt, addr, registry)?;
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     let source = rt.block_on(crate::store::connect_with(
         &a.store,
         metrics.clone(),

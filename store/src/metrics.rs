@@ -1,111 +1,141 @@
-//! Metrics: every name is a constant here, every counter a field of [`Metrics`].
+//! Metrics: each one declared once, in the [`metrics!`] table below, with its field, its name,
+//! its kind and its help text. Everything else (the struct, snapshots, the log at unmount, the
+//! Prometheus endpoint and docs/METRICS.md's table) derives from that table.
 //!
-//! Counters are plain atomics, cheap enough for hot paths. They are logged through `tracing`
-//! at unmount and read directly by tests and benchmarks. An HTTP endpoint comes later.
+//! Values are plain atomics, cheap enough for hot paths; tests and benchmarks read the fields.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub const LIST_REQUESTS: &str = "object.list_requests";
-pub const GET_REQUESTS: &str = "object.get_requests";
-pub const PUT_REQUESTS: &str = "object.put_requests";
-pub const DELETE_REQUESTS: &str = "object.delete_requests";
-pub const COPY_REQUESTS: &str = "object.copy_requests";
-pub const HEAD_REQUESTS: &str = "object.head_requests";
-pub const UPLOADS_DONE: &str = "write.uploads_done";
-pub const UPLOADS_FAILED: &str = "write.uploads_failed";
-pub const UPLOADS_RETRIED: &str = "write.upload_retries";
-pub const UPLOADS_SUPERSEDED: &str = "write.uploads_superseded";
-pub const UPLOADED_BYTES: &str = "write.uploaded_bytes";
-pub const WRITE_BYTES: &str = "fs.write_bytes";
-pub const PASSTHROUGH_OPENS: &str = "fs.passthrough_opens";
-pub const NAMESPACE_CHANGES: &str = "fs.namespace_changes";
-pub const STAGED_FETCH_BYTES: &str = "write.staged_fetch_bytes";
-pub const GET_BYTES: &str = "object.get_bytes";
-pub const GET_ERRORS: &str = "object.get_errors";
-pub const FIRST_BYTE_MICROS: &str = "object.get_first_byte_micros_total";
-pub const READ_BYTES: &str = "fs.read_bytes";
-pub const READS: &str = "fs.reads";
-pub const LOOKUPS: &str = "fs.lookups";
-pub const STALE_READS: &str = "fs.stale_reads";
-pub const MEMORY_HITS: &str = "cache.memory_hits";
-pub const DISK_HITS: &str = "cache.disk_hits";
-pub const DISK_MISSES: &str = "cache.disk_misses";
-pub const DISK_CORRUPT: &str = "cache.disk_corrupt";
-pub const DISK_EVICTIONS: &str = "cache.disk_evictions";
-pub const DISK_WRITES: &str = "cache.disk_writes";
-pub const DISK_SKIPPED: &str = "cache.disk_skipped";
-pub const PREFETCH_BYTES: &str = "prefetch.bytes_requested";
-pub const BUDGET_HELD: &str = "prefetch.budget_held_bytes";
-pub const BUDGET_PEAK: &str = "prefetch.budget_peak_bytes";
-pub const PARTS_LIVE: &str = "prefetch.part_bytes_live";
-pub const PARTS_PEAK: &str = "prefetch.part_bytes_peak";
-pub const REQUESTS_THROTTLED: &str = "object.requests_throttled";
-pub const REQUEST_TIMEOUTS: &str = "object.request_timeouts";
-pub const CHECKSUM_MISMATCHES: &str = "object.checksum_mismatches";
-pub const FILES_VERIFIED: &str = "read.files_verified";
-pub const FILES_UNVERIFIED: &str = "read.files_unverified";
+/// Whether a metric only grows, or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
 
-/// Process-wide counters, shared through an `Arc`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub list_requests: AtomicU64,
-    pub get_requests: AtomicU64,
-    pub put_requests: AtomicU64,
-    pub delete_requests: AtomicU64,
-    pub copy_requests: AtomicU64,
-    pub head_requests: AtomicU64,
-    /// Files whose upload completed, failed for good, was retried, or was overtaken by a newer
-    /// version of the file before it completed.
-    pub uploads_done: AtomicU64,
-    pub uploads_failed: AtomicU64,
-    pub upload_retries: AtomicU64,
-    pub uploads_superseded: AtomicU64,
-    pub uploaded_bytes: AtomicU64,
-    /// Bytes written through the mount.
-    pub write_bytes: AtomicU64,
-    pub passthrough_opens: AtomicU64,
+/// One metric's declaration.
+#[derive(Debug, Clone, Copy)]
+pub struct Descriptor {
+    /// Dotted name, as logged: `object.get_requests`.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+impl Descriptor {
+    /// The Prometheus name: `pai_mount_` and the dotted name with `_` (counters get `_total`
+    /// from the exposition format).
+    pub fn prometheus_name(&self) -> String {
+        format!("pai_mount_{}", self.name.replace('.', "_"))
+    }
+}
+
+macro_rules! metrics {
+    ($( $(#[doc = $doc:literal])+ $field:ident: $kind:ident = $name:literal, )+) => {
+        /// Process-wide metrics, shared through an `Arc`.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])+ pub $field: AtomicU64, )+
+        }
+
+        /// Every metric, in the order of [`Metrics::snapshot`].
+        pub const ALL: &[Descriptor] = &[
+            $( Descriptor { name: $name, kind: Kind::$kind, help: concat!($($doc),+) }, )+
+        ];
+
+        impl Metrics {
+            /// Every metric's value, in the order of [`ALL`].
+            pub fn values(&self) -> Vec<u64> {
+                vec![ $( self.$field.load(Ordering::Relaxed), )+ ]
+            }
+        }
+    };
+}
+
+metrics! {
+    /// ListObjectsV2 requests (0 after mount unless --refresh).
+    list_requests: Counter = "object.list_requests",
+    /// GET requests, ranged or whole.
+    get_requests: Counter = "object.get_requests",
+    /// PUT requests: single PUTs, multipart start, parts and completes, directory markers,
+    /// manifests.
+    put_requests: Counter = "object.put_requests",
+    /// DELETE requests (unlink, rmdir, rename).
+    delete_requests: Counter = "object.delete_requests",
+    /// Server-side copies (rename).
+    copy_requests: Counter = "object.copy_requests",
+    /// HEAD requests.
+    head_requests: Counter = "object.head_requests",
+    /// File versions whose upload completed.
+    uploads_done: Counter = "write.uploads_done",
+    /// Uploads that failed for good in this process (kept in the journal for the next mount).
+    uploads_failed: Counter = "write.uploads_failed",
+    /// Upload attempts that failed and were retried.
+    upload_retries: Counter = "write.upload_retries",
+    /// Uploads abandoned because the file changed, moved or was removed meanwhile.
+    uploads_superseded: Counter = "write.uploads_superseded",
+    /// Bytes of completed uploads.
+    uploaded_bytes: Counter = "write.uploaded_bytes",
+    /// Bytes written through the daemon (writes through passthrough handles are not seen).
+    write_bytes: Counter = "fs.write_bytes",
+    /// Handles the kernel served straight from a staging file (FUSE passthrough).
+    passthrough_opens: Counter = "fs.passthrough_opens",
     /// Changes of the bucket's namespace: uploads done, mkdir, rmdir, unlink, rename, mtimes.
-    pub namespace_changes: AtomicU64,
-    /// Bytes downloaded to stage an existing object for a partial write.
-    pub staged_fetch_bytes: AtomicU64,
-    pub get_bytes: AtomicU64,
-    pub get_errors: AtomicU64,
-    /// Sum of first-byte latencies of GETs, in microseconds (divide by `get_requests`).
-    pub first_byte_micros: AtomicU64,
-    pub read_bytes: AtomicU64,
-    /// Read requests served (bytes / reads is the kernel's request size).
-    pub reads: AtomicU64,
-    pub lookups: AtomicU64,
-    pub stale_reads: AtomicU64,
-    /// Read blocks already in a handle's prefetched or recent blocks.
-    pub memory_hits: AtomicU64,
-    pub disk_hits: AtomicU64,
-    pub disk_misses: AtomicU64,
-    /// Damaged block files found (and deleted).
-    pub disk_corrupt: AtomicU64,
-    pub disk_evictions: AtomicU64,
-    pub disk_writes: AtomicU64,
-    /// Blocks not cached because the disk was full or a write failed.
-    pub disk_skipped: AtomicU64,
+    namespace_changes: Counter = "fs.namespace_changes",
+    /// Bytes downloaded to stage existing objects for partial writes.
+    staged_fetch_bytes: Counter = "write.staged_fetch_bytes",
+    /// Bytes received in GET bodies.
+    get_bytes: Counter = "object.get_bytes",
+    /// Failed GETs (after the HTTP layer's retries) and retried bodies.
+    get_errors: Counter = "object.get_errors",
+    /// Sum of the first-byte latencies of GETs, in microseconds (divide by get_requests).
+    first_byte_micros: Counter = "object.get_first_byte_micros",
+    /// Bytes returned to readers.
+    read_bytes: Counter = "fs.read_bytes",
+    /// Read requests served (read_bytes / reads is the kernel's request size).
+    reads: Counter = "fs.reads",
+    /// Lookups served (from memory).
+    lookups: Counter = "fs.lookups",
+    /// Reads refused because the object changed or vanished.
+    stale_reads: Counter = "fs.stale_reads",
+    /// Read blocks already held by the handle (prefetched or recent).
+    memory_hits: Counter = "cache.memory_hits",
+    /// Disk cache lookups that found the block.
+    disk_hits: Counter = "cache.disk_hits",
+    /// Disk cache lookups that did not.
+    disk_misses: Counter = "cache.disk_misses",
+    /// Damaged block files found (deleted and fetched again).
+    disk_corrupt: Counter = "cache.disk_corrupt",
+    /// Blocks deleted to stay under --cache-size.
+    disk_evictions: Counter = "cache.disk_evictions",
+    /// Blocks written to the disk cache.
+    disk_writes: Counter = "cache.disk_writes",
+    /// Blocks not cached: disk full, below --cache-min-free, or a write failed.
+    disk_skipped: Counter = "cache.disk_skipped",
     /// Bytes requested ahead of readers.
-    pub prefetch_bytes: AtomicU64,
-    /// Prefetched bytes currently held against the memory budget (a gauge), and its peak.
-    pub budget_held: AtomicU64,
-    pub budget_peak: AtomicU64,
-    /// Bytes of fetched parts (demand and prefetch) alive now, and the most ever.
-    pub parts_live: AtomicU64,
-    pub parts_peak: AtomicU64,
-    /// Answers that asked us to slow down (503, 429, `x-oss-qos-delay-time`); each is retried.
-    pub requests_throttled: AtomicU64,
-    /// Requests abandoned for a connect, first-byte or idle-body timeout; each is retried.
-    pub request_timeouts: AtomicU64,
-    /// Bytes that did not match the store's full-object checksum (downloads and uploads);
-    /// each was retried, never delivered.
-    pub checksum_mismatches: AtomicU64,
-    /// Files read front to back in ranges whose blocks' CRCs combined to the store's checksum.
-    pub files_verified: AtomicU64,
-    /// Files read front to back in ranges that could not be checked (no checksum stated).
-    pub files_unverified: AtomicU64,
+    prefetch_bytes: Counter = "prefetch.bytes_requested",
+    /// Prefetched bytes held against the memory budget now.
+    budget_held: Gauge = "prefetch.budget_held_bytes",
+    /// The most prefetched bytes ever held against the budget.
+    budget_peak: Gauge = "prefetch.budget_peak_bytes",
+    /// Bytes of fetched parts (demand and prefetch) alive now.
+    parts_live: Gauge = "prefetch.part_bytes_live",
+    /// The most bytes of fetched parts ever alive.
+    parts_peak: Gauge = "prefetch.part_bytes_peak",
+    /// Answers that asked us to slow down (503, 429, x-oss-qos-delay-time); each was retried.
+    requests_throttled: Counter = "object.requests_throttled",
+    /// Requests abandoned at the connect, first-byte or idle-body bound; each was retried.
+    request_timeouts: Counter = "object.request_timeouts",
+    /// Bytes that did not match the store's full-object checksum: whole-object reads (retried,
+    /// never delivered), files read front to back through the mount (the read at the end
+    /// failed with EIO), OSS uploads (retried).
+    checksum_mismatches: Counter = "object.checksum_mismatches",
+    /// Files of more than 1 MiB read front to back through the mount whose blocks' CRCs
+    /// combined to the store's checksum.
+    files_verified: Counter = "read.files_verified",
+    /// Files read front to back through the mount that could not be checked (the store stated
+    /// no checksum, or asking for it failed).
+    files_unverified: Counter = "read.files_unverified",
 }
 
 impl Metrics {
@@ -113,55 +143,62 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// A snapshot of every counter with its name.
+    /// Every metric with its name.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            (LIST_REQUESTS, g(&self.list_requests)),
-            (GET_REQUESTS, g(&self.get_requests)),
-            (PUT_REQUESTS, g(&self.put_requests)),
-            (DELETE_REQUESTS, g(&self.delete_requests)),
-            (COPY_REQUESTS, g(&self.copy_requests)),
-            (HEAD_REQUESTS, g(&self.head_requests)),
-            (UPLOADS_DONE, g(&self.uploads_done)),
-            (UPLOADS_FAILED, g(&self.uploads_failed)),
-            (UPLOADS_RETRIED, g(&self.upload_retries)),
-            (UPLOADS_SUPERSEDED, g(&self.uploads_superseded)),
-            (UPLOADED_BYTES, g(&self.uploaded_bytes)),
-            (WRITE_BYTES, g(&self.write_bytes)),
-            (PASSTHROUGH_OPENS, g(&self.passthrough_opens)),
-            (NAMESPACE_CHANGES, g(&self.namespace_changes)),
-            (STAGED_FETCH_BYTES, g(&self.staged_fetch_bytes)),
-            (GET_BYTES, g(&self.get_bytes)),
-            (GET_ERRORS, g(&self.get_errors)),
-            (FIRST_BYTE_MICROS, g(&self.first_byte_micros)),
-            (READ_BYTES, g(&self.read_bytes)),
-            (READS, g(&self.reads)),
-            (LOOKUPS, g(&self.lookups)),
-            (STALE_READS, g(&self.stale_reads)),
-            (MEMORY_HITS, g(&self.memory_hits)),
-            (DISK_HITS, g(&self.disk_hits)),
-            (DISK_MISSES, g(&self.disk_misses)),
-            (DISK_CORRUPT, g(&self.disk_corrupt)),
-            (DISK_EVICTIONS, g(&self.disk_evictions)),
-            (DISK_WRITES, g(&self.disk_writes)),
-            (DISK_SKIPPED, g(&self.disk_skipped)),
-            (PREFETCH_BYTES, g(&self.prefetch_bytes)),
-            (BUDGET_HELD, g(&self.budget_held)),
-            (BUDGET_PEAK, g(&self.budget_peak)),
-            (PARTS_LIVE, g(&self.parts_live)),
-            (PARTS_PEAK, g(&self.parts_peak)),
-            (REQUESTS_THROTTLED, g(&self.requests_throttled)),
-            (REQUEST_TIMEOUTS, g(&self.request_timeouts)),
-            (CHECKSUM_MISMATCHES, g(&self.checksum_mismatches)),
-            (FILES_VERIFIED, g(&self.files_verified)),
-            (FILES_UNVERIFIED, g(&self.files_unverified)),
-        ]
+        ALL.iter().map(|d| d.name).zip(self.values()).collect()
     }
 
     pub fn log(&self) {
         for (name, value) in self.snapshot() {
             tracing::info!(metric = name, value, "metric");
         }
+    }
+}
+
+/// docs/METRICS.md's table of every metric.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| name | kind | meaning |\n|---|---|---|\n");
+    for d in ALL {
+        let help: Vec<&str> = d.help.split_whitespace().collect();
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            d.name,
+            match d.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            },
+            help.join(" ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_the_snapshot_follows_the_table() {
+        let mut names: Vec<&str> = ALL.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        let m = Metrics::default();
+        Metrics::add(&m.head_requests, 3);
+        let snap = m.snapshot();
+        assert_eq!(snap.len(), ALL.len());
+        assert!(snap.contains(&("object.head_requests", 3)));
+    }
+
+    /// docs/METRICS.md lists every metric as the table here declares it.
+    #[test]
+    fn the_docs_table_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/METRICS.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let table = markdown_table();
+        assert!(
+            doc.contains(&table),
+            "docs/METRICS.md is out of date; its table should be:\n{table}"
+        );
     }
 }
