@@ -183,3 +183,53 @@ fn a_mount_serves_its_metrics_to_prometheus() {
     );
     assert!(err.contains(&format!("serving metrics on {port}")), "{err}");
 }
+
+#[test]
+fn a_named_mount_from_a_config_file_mounts_and_unmounts_by_name() {
+    let s = server();
+    s.backend()
+        .put("bkt", "named/a.txt", b"from config".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[defaults]\nendpoint = \"{ep}\"\npath_style = true\nregion = \"us-east-1\"\n\n\
+             [mount.data]\nsource = \"s3://bkt/named\"\nmountpoint = \"{mp}\"\nprofile = \"notebook\"\nread_only = true\n",
+            ep = s.endpoint(),
+            mp = mp.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    ok(cmd(&s, &["--config", cfg, "mount", "data"])
+        .output()
+        .unwrap());
+    assert!(is_mounted(&mp));
+    assert_eq!(std::fs::read(mp.join("a.txt")).unwrap(), b"from config");
+    let err = std::fs::write(mp.join("b.txt"), b"x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EROFS),
+        "read_only from the file"
+    );
+    ok(cmd(&s, &["--config", cfg, "unmount", "data"])
+        .output()
+        .unwrap());
+    assert!(!is_mounted(&mp));
+
+    // A mistake names the file, the line and the key, before anything starts.
+    std::fs::write(dir.path().join("bad.toml"), "[defaults]\nregoin = \"x\"\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let out = cmd(&s, &["--config", bad.to_str().unwrap(), "mount", "data"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:2", bad.display())) && err.contains("regoin"),
+        "{err}"
+    );
+}

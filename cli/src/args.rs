@@ -14,8 +14,25 @@ use pai_mount_fs::object::Deadlines;
     about = "Mount object storage as a local directory, served from a manifest"
 )]
 pub struct Cli {
+    /// Read this config file instead of /etc/pai-mount/config.toml and
+    /// ~/.config/pai-mount/config.toml
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parses `argv` (after `options::expand` and `config::apply`): a later occurrence of an option
+/// overrides an earlier one, so the config's settings, placed first, yield to the command
+/// line's.
+pub fn parse(argv: Vec<std::ffi::OsString>) -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command().args_override_self(true);
+    for name in ["mount", "unmount"] {
+        cmd = cmd.mut_subcommand(name, |c| c.args_override_self(true));
+    }
+    let matches = cmd.get_matches_from(argv);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +155,11 @@ pub struct MountArgs {
     /// Stay in the foreground and log to stderr
     #[arg(long, short = 'f')]
     pub foreground: bool,
+    /// Built-in settings for a workload: training, checkpoint or notebook (see
+    /// docs/CONFIGURATION.md); flags and the config file's named mount override them
+    #[arg(long, value_name = "NAME",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::config::PROFILES.iter().map(|p| clap::builder::PossibleValue::new(p.name).help(p.purpose))))]
+    pub profile: Option<String>,
     /// Re-list the prefix at this interval and swap in the new tree (for example 10m)
     #[arg(long, value_parser = parse_duration)]
     pub refresh: Option<Duration>,

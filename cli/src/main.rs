@@ -1,6 +1,7 @@
 //! `pai-mount`: mount buckets, manage manifests, run the demo.
 
 mod args;
+mod config;
 mod cp;
 mod demo;
 mod exporter;
@@ -12,8 +13,6 @@ mod status;
 mod store;
 mod warm;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
     let argv = match options::expand(std::env::args_os().collect()) {
         Ok(argv) => argv,
@@ -22,8 +21,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // A daemon re-reads the config files itself: their settings (credentials among them) never
+    // go on its command line.
     let _ = ARGV.set(argv.clone());
-    let cli = args::Cli::parse_from(argv);
+    let argv = match config::apply(argv) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("pai-mount: error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = args::parse(argv);
     let result = match cli.command {
         args::Command::Mount(m) => mount::run(*m),
         args::Command::Unmount(u) => mount::unmount(u),

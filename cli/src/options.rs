@@ -62,12 +62,15 @@ pub const IGNORED: &[&str] = &[
     "loud",
 ];
 
+/// Long flags that are not mount options (in `-o` or a config file).
+const NOT_OPTIONS: &[&str] = &["foreground", "profile", "config", "help", "ready-fd"];
+
 /// Program names under which the binary is the mount(8) helper.
 const HELPER_NAMES: &[&str] = &["mount.fuse.pai-mount", "mount.pai-mount"];
 
 /// Rewrites a command line as described in the module docs.
 pub fn expand(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
-    let mut argv = argv;
+    let mut argv = global_options_last(argv);
     let program = argv
         .first()
         .and_then(|p| std::path::Path::new(p).file_name())
@@ -108,28 +111,65 @@ pub fn expand(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     Ok(out)
 }
 
-/// How one long flag of `pai-mount mount` is given.
-struct Flag {
-    long: String,
-    takes_value: bool,
+/// Moves the global `--config FILE` given before the subcommand behind it (clap takes global
+/// options anywhere), so that the subcommand is always the first argument.
+fn global_options_last(argv: Vec<OsString>) -> Vec<OsString> {
+    let mut globals = Vec::new();
+    let mut rest = Vec::new();
+    let mut iter = argv.into_iter();
+    rest.extend(iter.next());
+    while let Some(a) = iter.next() {
+        let text = a.to_string_lossy();
+        if text == "--config" {
+            globals.push(a);
+            globals.extend(iter.next());
+        } else if text.starts_with("--config=") {
+            globals.push(a);
+        } else {
+            rest.push(a);
+            break;
+        }
+    }
+    rest.extend(iter);
+    if !globals.is_empty() && rest.len() > 1 {
+        let tail = rest.split_off(2);
+        rest.extend(globals);
+        rest.extend(tail);
+    } else {
+        rest.extend(globals);
+    }
+    rest
 }
 
-/// The long flags of `pai-mount mount`.
-fn mount_flags() -> Vec<Flag> {
-    let cmd = Cli::command();
-    let mount = cmd
-        .find_subcommand("mount")
-        .expect("the mount subcommand exists");
-    mount
-        .get_arguments()
-        .filter(|a| !a.is_hide_set())
-        .filter_map(|a| {
-            Some(Flag {
-                long: a.get_long()?.to_string(),
-                takes_value: a.get_action().takes_values(),
+/// How one long flag of `pai-mount mount` is given.
+pub struct Flag {
+    pub long: String,
+    pub takes_value: bool,
+}
+
+/// The long flags of `pai-mount mount` (read from the clap definition once).
+fn mount_flags() -> &'static [Flag] {
+    static FLAGS: std::sync::OnceLock<Vec<Flag>> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| {
+        let cmd = Cli::command();
+        let mount = cmd
+            .find_subcommand("mount")
+            .expect("the mount subcommand exists");
+        mount
+            .get_arguments()
+            .filter_map(|a| {
+                Some(Flag {
+                    long: a.get_long()?.to_string(),
+                    takes_value: a.get_action().takes_values(),
+                })
             })
-        })
-        .collect()
+            .collect()
+    })
+}
+
+/// The long flag `--long` of `pai-mount mount`, if there is one.
+pub fn mount_flag(long: &str) -> Option<&'static Flag> {
+    mount_flags().iter().find(|f| f.long == long)
 }
 
 /// The arguments that option `key` (`value`) of `-o` or a config file stands for.
@@ -139,15 +179,20 @@ pub fn option_args(key: &str, value: Option<&str>) -> anyhow::Result<Vec<OsStrin
         return Ok(Vec::new());
     }
     if FUSE_OPTIONS.contains(&key) {
-        let opt = match value {
-            Some(v) => format!("{key}={v}"),
-            None => key.to_string(),
+        let opt = match (key, value) {
+            // Switches: by name, or =true / =false.
+            ("allow_other" | "ro", None | Some("true" | "yes" | "1")) => key.to_string(),
+            ("allow_other" | "ro", Some("false" | "no" | "0")) => return Ok(Vec::new()),
+            ("allow_other" | "ro", Some(other)) => bail!(
+                "mount option {key} is on or off: {key}, {key}=true or {key}=false, not {other:?}"
+            ),
+            (_, Some(v)) => format!("{key}={v}"),
+            (_, None) => bail!("mount option {key} needs a value: {key}=..."),
         };
         return Ok(vec!["-o".into(), opt.into()]);
     }
     let long = key.replace('_', "-");
-    let flags = mount_flags();
-    let Some(flag) = flags.iter().find(|f| f.long == long) else {
+    let Some(flag) = mount_flag(&long).filter(|f| !NOT_OPTIONS.contains(&f.long.as_str())) else {
         bail!(
             "unknown mount option {key:?}: use a long flag's name of `pai-mount mount --help` (for example cache_dir=/ssd/cache), or one of {}",
             FUSE_OPTIONS.join(", ")
@@ -242,6 +287,11 @@ mod tests {
         );
         // Other subcommands are left alone.
         assert_eq!(run(&["pai-mount", "status", "-o"]).unwrap().len(), 3);
+        // A global --config before the subcommand moves behind it.
+        assert_eq!(
+            run(&["pai-mount", "--config", "/c.toml", "unmount", "x"]).unwrap(),
+            ["pai-mount", "unmount", "--config", "/c.toml", "x"]
+        );
     }
 
     #[test]
