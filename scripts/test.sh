@@ -2,18 +2,25 @@
 # Installs what the tests need and runs every test of the project:
 # - Rust: unit and property tests, core tests, and integration tests against a real
 #   S3-protocol server on loopback with real FUSE mounts (needs /dev/fuse; mounting needs
-#   root or fusermount3; the fuse3 package is installed when missing and we are root);
+#   root or fusermount3; fstab tests through the real mount(8); the fuse3, systemd and procps
+#   packages are installed when missing and we are root);
 # - Python: the pai_mount package, built and installed from ./python, and its tests with real
 #   torch DataLoaders and worker processes (torch, torchdata and pytest are installed from
 #   python/requirements-test.txt, pinned).
 # Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v fusermount3 >/dev/null 2>&1; then
+# fuse3: fusermount3 and mount.fuse3 (the fstab tests run the real mount(8));
+# systemd: systemd-analyze, which checks the shipped unit; procps: pgrep.
+missing=()
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "fusermount3 is missing: install the fuse3 package" >&2
+    echo "missing packages: ${missing[*]}" >&2
   fi
 fi
 cargo test --workspace --locked "$@"

@@ -233,3 +233,93 @@ fn a_named_mount_from_a_config_file_mounts_and_unmounts_by_name() {
         "{err}"
     );
 }
+
+/// The shipped unit, checked by systemd's own verifier with its ExecStart pointing at the
+/// binary under test.
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/systemd/pai-mount@.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("%i"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pai-mount@data.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/pai-mount", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", path.to_str().unwrap()])
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is installed by scripts/test.sh");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// What systemd sees from a `Type=notify` service: READY=1 once the mount is live, STATUS=
+/// lines, STOPPING=1 at SIGTERM, and an exit after the uploads finished.
+#[test]
+fn the_daemon_notifies_systemd_and_stops_cleanly_on_sigterm() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let staging = dir.path().join("staging");
+    let mut child = cmd(
+        &s,
+        &[
+            "mount",
+            "s3://bkt/unit",
+            mp.to_str().unwrap(),
+            "--foreground",
+            "--drain-timeout",
+            "30s",
+            "--staging-dir",
+            staging.to_str().unwrap(),
+        ],
+    )
+    .env("NOTIFY_SOCKET", &sock_path)
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(
+        first.starts_with("READY=1\nSTATUS=mounted s3://bkt/unit"),
+        "{first}"
+    );
+    assert!(is_mounted(&mp), "READY=1 comes once the mount is live");
+    std::fs::write(mp.join("f.txt"), b"kept").unwrap();
+    let status = recv();
+    assert!(status.starts_with("STATUS=mounted; "), "{status}");
+    // systemctl stop: SIGTERM.
+    // SAFETY: kill(2) with a pid we spawned and still own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let stopping = loop {
+        let m = recv();
+        if m.starts_with("STOPPING=1") {
+            break m;
+        }
+    };
+    assert!(stopping.contains("finishing uploads"), "{stopping}");
+    let code = child.wait().unwrap();
+    assert!(code.success(), "{code}");
+    assert!(!is_mounted(&mp));
+    assert_eq!(
+        s.backend()
+            .get("bkt", "unit/f.txt")
+            .map(|o| o.data.to_vec()),
+        Some(b"kept".to_vec())
+    );
+}

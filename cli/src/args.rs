@@ -185,6 +185,10 @@ pub struct MountArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub write: WriteArgs,
+    /// At unmount, wait at most this long for pending uploads, then leave the rest in the
+    /// journal for the next mount (default: wait until they finish or fail)
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9464; off by
     /// default; anyone who can reach the address can read them)
     #[arg(long, value_name = "ADDR:PORT")]

@@ -11,6 +11,7 @@ mod options;
 mod progress;
 mod status;
 mod store;
+mod systemd;
 mod warm;
 
 fn main() -> std::process::ExitCode {

@@ -207,6 +207,7 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     let mut session = session;
     let mut unmounter = fuse::unmounter(&mut session);
     let lazy_flag = lazy.clone();
+    let busy_mp = mp.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
@@ -229,7 +230,12 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
         }
         tracing::info!("signal received, unmounting");
         if let Err(e) = unmounter.unmount() {
-            tracing::error!("unmount failed: {e}");
+            // Busy (a shell in it, an open file): detach it, so the service can stop. The
+            // mount leaves the namespace now and ends when its last open file is closed.
+            tracing::warn!("unmount failed ({e}); detaching the mount point instead");
+            if let Err(e) = mountpoint::unmount(&busy_mp, true) {
+                tracing::error!("detaching failed too: {e}");
+            }
         }
     });
     if let Some(task) = refresh {
@@ -283,21 +289,43 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     };
     let report = Arc::new(report);
     status::write(&status_file, &report("mounted", None));
-    let ticker = {
-        let (report, path) = (report.clone(), status_file.clone());
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                status::write(&path, &report("mounted", None));
-            }
-        })
-    };
+    let notifier = crate::systemd::Notifier::from_env().map(Arc::new);
     if let Some(mut r) = ready.take() {
         let _ = writeln!(r, "ok");
     }
+    if let Some(n) = &notifier {
+        n.send(&format!(
+            "READY=1\n{}",
+            crate::systemd::status(&format!("mounted {} at {}", a.store.source, mp.display()))
+        ));
+    }
+    let ticker = {
+        let (report, path, notifier) = (report.clone(), status_file.clone(), notifier.clone());
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut said = String::new();
+            loop {
+                tick.tick().await;
+                let now = report("mounted", None);
+                status::write(&path, &now);
+                if let Some(n) = &notifier {
+                    let line = uploads_line(now.write.as_ref());
+                    if line != said {
+                        n.send(&crate::systemd::status(&line));
+                        said = line;
+                    }
+                }
+            }
+        })
+    };
     tracing::info!(mountpoint = %a.mountpoint.display(), "mount is live");
     let run = fuse::run(session);
+    if let Some(n) = &notifier {
+        n.send(&format!(
+            "STOPPING=1\n{}",
+            crate::systemd::status("unmounted; finishing uploads")
+        ));
+    }
     ticker.abort();
     if let Some(s) = saver {
         s.abort();
@@ -306,8 +334,15 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     // runtime would drop them, and the next mount would fetch them again.
     rt.block_on(fs.settle(Duration::from_secs(10)));
     let outcome = fs.write_back().map(|wb| {
-        finish_uploads(&rt, &fs, wb, lazy.load(Ordering::Acquire), &|s| {
-            status::write(&status_file, &report("draining", Some(s.to_string())))
+        let drain = Drain {
+            lazy: lazy.load(Ordering::Acquire),
+            timeout: a.drain_timeout,
+        };
+        finish_uploads(&rt, &fs, wb, drain, &|s| {
+            status::write(&status_file, &report("draining", Some(s.to_string())));
+            if let Some(n) = &notifier {
+                n.send(&crate::systemd::status(s));
+            }
         })
     });
     fs.metrics().log();
@@ -317,21 +352,47 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     run.context("FUSE session")
 }
 
-/// After the kernel unmount: waits for pending uploads (unless `lazy`), then saves the
-/// namespace as the prefix's manifest. Returns a one-line outcome.
+/// The status line of a mount's uploads (systemd's `STATUS=`).
+fn uploads_line(w: Option<&pai_mount_fs::write::WriteStatus>) -> String {
+    match w {
+        None => "mounted read-only".into(),
+        Some(w) if w.failed.is_empty() => format!(
+            "mounted; {} uploads pending ({})",
+            w.pending_files,
+            status::mib(w.pending_bytes)
+        ),
+        Some(w) => format!(
+            "mounted; {} uploads pending ({}), {} failed (pai-mount status lists them)",
+            w.pending_files,
+            status::mib(w.pending_bytes),
+            w.failed.len()
+        ),
+    }
+}
+
+/// How the uploads pending at unmount are treated.
+struct Drain {
+    /// Leave them all to the next mount (`unmount --lazy`).
+    lazy: bool,
+    /// Wait at most this long for them (`--drain-timeout`).
+    timeout: Option<Duration>,
+}
+
+/// After the kernel unmount: waits for pending uploads (unless lazy; within the drain timeout),
+/// then saves the namespace as the prefix's manifest. Returns a one-line outcome.
 fn finish_uploads(
     rt: &tokio::runtime::Runtime,
     fs: &Arc<Fs>,
     wb: &Arc<WriteBack>,
-    lazy: bool,
+    drain: Drain,
     progress: &dyn Fn(&str),
 ) -> String {
-    let s = if lazy {
+    let s = if drain.lazy {
         wb.stop();
         wb.status()
     } else {
         let mut last_log = std::time::Instant::now();
-        rt.block_on(wb.drain(|s| {
+        let waiting = wb.drain(|s| {
             let line = format!(
                 "uploading: {} files ({}) left",
                 s.pending_files,
@@ -342,7 +403,20 @@ fn finish_uploads(
                 tracing::info!("{line}");
                 last_log = std::time::Instant::now();
             }
-        }))
+        });
+        let drained = rt.block_on(async {
+            match drain.timeout {
+                Some(t) => tokio::time::timeout(t, waiting).await.ok(),
+                None => Some(waiting.await),
+            }
+        });
+        drained.unwrap_or_else(|| {
+            tracing::warn!(
+                "uploads still pending after the drain timeout; they stay in the journal for the next mount"
+            );
+            wb.stop();
+            wb.status()
+        })
     };
     let mut outcome = if s.pending_files > 0 {
         format!(
