@@ -52,6 +52,22 @@ pub enum Command {
     Warm(WarmArgs),
     /// Copy a prefix to a local directory in parallel, from the manifest; reruns finish the rest
     Cp(CpArgs),
+    /// Show the config files' settings
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective mount options of a named mount (or of a mount by URL, without NAME)
+    /// and where each value comes from; secrets are redacted
+    Show {
+        /// A [mount.NAME] of the config files
+        name: Option<String>,
+        /// A built-in profile to apply (else the mount's or [defaults]' profile)
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+    },
 }
 
 /// Where the data is and how to reach it.

@@ -421,3 +421,133 @@ pub fn apply(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Where an effective value comes from.
+fn origin(s: &Setting, layer: &str) -> String {
+    format!("{layer} {}", s.place())
+}
+
+/// `pai-mount config show [NAME]`: every mount option's effective value and its origin.
+pub fn show(
+    explicit: Option<&Path>,
+    name: Option<&str>,
+    profile_flag: Option<&str>,
+) -> anyhow::Result<()> {
+    let config = Config::load(explicit)?;
+    print!("{}", render(&config, name, profile_flag)?);
+    Ok(())
+}
+
+/// The text of [`show`].
+pub fn render(
+    config: &Config,
+    name: Option<&str>,
+    profile_flag: Option<&str>,
+) -> anyhow::Result<String> {
+    use clap::CommandFactory;
+    // key -> (value, origin), lowest precedence first.
+    let mut effective: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let cmd = crate::args::Cli::command();
+    let mount = cmd
+        .find_subcommand("mount")
+        .expect("the mount subcommand exists");
+    for arg in mount.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || ["help", "foreground", "profile", "config"].contains(&long) {
+            continue;
+        }
+        let default = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let value = if default.is_empty() && !arg.get_action().takes_values() {
+            "false".to_string()
+        } else if default.is_empty() {
+            "(unset)".to_string()
+        } else {
+            default
+        };
+        effective.insert(long.replace('-', "_"), (value, "built-in default".into()));
+    }
+    for key in options::FUSE_OPTIONS {
+        effective.insert(
+            key.to_string(),
+            ("(unset)".into(), "built-in default".into()),
+        );
+    }
+    fn set(effective: &mut BTreeMap<String, (String, String)>, s: &Setting, layer: &str) {
+        let value = if SECRET_KEYS.contains(&s.key.as_str()) {
+            "********".to_string()
+        } else {
+            s.values.join(",")
+        };
+        effective.insert(s.key.clone(), (value, origin(s, layer)));
+    }
+    for s in &config.defaults {
+        set(&mut effective, s, "[defaults]");
+    }
+    let section = name.map(|n| config.named(n)).transpose()?;
+    let profile_name = profile_flag
+        .map(str::to_string)
+        .or_else(|| {
+            section
+                .and_then(|s| s.profile.as_ref())
+                .map(|s| s.values[0].clone())
+        })
+        .or_else(|| config.profile.as_ref().map(|s| s.values[0].clone()));
+    let mut out = String::new();
+    out.push_str(&format!("config files: {}\n", config.files_list()));
+    if let Some(p) = &profile_name {
+        for (k, v) in profile(p)? {
+            effective.insert(k.to_string(), (v.to_string(), format!("profile {p}")));
+        }
+    }
+    if let (Some(n), Some(section)) = (name, section) {
+        for s in &section.settings {
+            set(&mut effective, s, &format!("[mount.{n}]"));
+        }
+        out.push_str(&format!("mount {n}\n"));
+        for (what, s) in [
+            ("source", &section.source),
+            ("mountpoint", &section.mountpoint),
+        ] {
+            match s {
+                Some(s) => out.push_str(&format!(
+                    "  {what:<22} {:<34} {}\n",
+                    s.values[0],
+                    origin(s, &format!("[mount.{n}]"))
+                )),
+                None => out.push_str(&format!("  {what:<22} (missing)\n")),
+            }
+        }
+    } else {
+        let names: Vec<&str> = config.mounts.keys().map(String::as_str).collect();
+        out.push_str(&format!(
+            "named mounts: {}\nsettings of a mount given by URL:\n",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    if CREDENTIAL_ENV
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+    {
+        for key in SECRET_KEYS {
+            if effective.contains_key(*key) {
+                effective.insert(
+                    key.to_string(),
+                    ("********".into(), "environment (wins over files)".into()),
+                );
+            }
+        }
+    }
+    for (key, (value, from)) in effective {
+        out.push_str(&format!("  {key:<22} {value:<34} {from}\n"));
+    }
+    Ok(out)
+}

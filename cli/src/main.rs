@@ -41,6 +41,9 @@ fn main() -> std::process::ExitCode {
         args::Command::Demo(d) => demo::run(d),
         args::Command::Warm(w) => warm::run(w),
         args::Command::Cp(c) => cp::run(c),
+        args::Command::Config(args::ConfigCommand::Show { name, profile }) => {
+            config::show(cli.config.as_deref(), name.as_deref(), profile.as_deref())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

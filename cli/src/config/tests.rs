@@ -262,3 +262,38 @@ fn every_profile_setting_is_a_mount_option_and_documented() {
         }
     }
 }
+
+#[test]
+fn show_prints_each_effective_value_with_its_origin_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{FILE}secret_access_key = \"hunter2\"\naccess_key_id = \"AKID\"\n");
+    let f = write(dir.path(), "c.toml", &text, 0o600);
+    let config = Config::load(Some(&f)).unwrap();
+    let out = render(&config, Some("imagenet"), None).unwrap();
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in\n{out}"))
+            .to_string()
+    };
+    assert!(line("source").contains("oss://bkt/imagenet"));
+    assert!(
+        line("max_requests").contains("96") && line("max_requests").contains("[mount.imagenet]")
+    );
+    assert!(
+        line("prefetch_budget").contains("2G")
+            && line("prefetch_budget").contains("profile training")
+    );
+    assert!(
+        line("region").contains("[defaults]") && line("region").contains(":3"),
+        "{}",
+        line("region")
+    );
+    assert!(line("part_size").contains("8M") && line("part_size").contains("built-in default"));
+    assert!(!out.contains("hunter2") && !out.contains("AKID"), "{out}");
+    assert!(line("secret_access_key").contains("********"));
+    let out = render(&config, None, Some("checkpoint")).unwrap();
+    assert!(out.contains("named mounts: imagenet"));
+    assert!(out.contains("profile checkpoint"));
+    assert!(render(&config, Some("nope"), None).is_err());
+}
