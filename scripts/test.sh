@@ -23,6 +23,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing packages: ${missing[*]}" >&2
   fi
 fi
+# promtool checks the metrics endpoint's output: Debian's prometheus package, unpacked into a
+# cache (not installed: that would start a server).
+if [ -z "${PAI_PROMTOOL:-}" ]; then
+  if command -v promtool >/dev/null 2>&1; then
+    PAI_PROMTOOL=$(command -v promtool)
+  else
+    tools="$HOME/.cache/pai-mount/tools"
+    if [ ! -x "$tools/x/usr/bin/promtool" ]; then
+      mkdir -p "$tools"
+      (cd "$tools" && { apt-get download -qq prometheus 2>/dev/null ||
+        { apt-get update -qq && apt-get download -qq prometheus; }; } &&
+        dpkg-deb -x prometheus_*.deb x && rm -f prometheus_*.deb)
+    fi
+    PAI_PROMTOOL="$tools/x/usr/bin/promtool"
+  fi
+fi
+export PAI_PROMTOOL
 cargo test --workspace --locked "$@"
 
 PY=${PYTHON:-python3}

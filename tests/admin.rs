@@ -130,6 +130,50 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// `promtool check metrics` on `text`: scripts/test.sh puts promtool (Debian's prometheus
+/// package, unpacked) in PAI_PROMTOOL.
+fn promtool_check(text: &str) {
+    let tool = std::env::var("PAI_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = match Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("{tool}: {e} (run scripts/test.sh, which fetches promtool)"),
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Lint findings (naming advice) print too; only a failed parse is an error.
+    assert!(
+        out.status.success() || !said.contains("error while linting"),
+        "{said}"
+    );
+    assert!(!said.contains("text format parsing error"), "{said}");
+}
+
 #[test]
 fn a_mount_serves_its_metrics_to_prometheus() {
     let s = server();
@@ -140,26 +184,36 @@ fn a_mount_serves_its_metrics_to_prometheus() {
         .local_addr()
         .unwrap()
         .to_string();
-    let m = mount(
-        &s,
-        "s3://bkt/metrics",
-        &["--read-only", "--metrics-addr", &addr],
-    );
+    let m = mount(&s, "s3://bkt/metrics", &["--metrics-addr", &addr]);
+    let before = http_get(&addr, "/metrics");
+    assert!(before.starts_with("HTTP/1.1 200"), "{before}");
+    assert!(before.contains("application/openmetrics-text"), "{before}");
+
+    // A read and a write move the counters and fill the histograms.
     assert_eq!(
         std::fs::read(m.path().join("a.bin")).unwrap().len(),
         300_000
     );
+    let f = std::fs::File::create(m.path().join("b.bin")).unwrap();
+    use std::io::Write;
+    (&f).write_all(&[7u8; 100_000]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
     let answer = http_get(&addr, "/metrics");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("application/openmetrics-text"), "{answer}");
-    let line = answer
-        .lines()
-        .find(|l| l.starts_with("pai_mount_object_get_requests_total{"))
-        .expect("the GET counter");
-    assert!(line.contains("source=\"s3://bkt/metrics\""), "{line}");
-    let gets: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(gets >= 1, "{line}");
-    assert!(answer.contains("# TYPE pai_mount_prefetch_budget_held_bytes gauge"));
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let gets = "pai_mount_object_get_requests_total{source=\"s3://bkt/metrics\"";
+    assert!(sample(body, gets) > sample(&before, gets));
+    assert!(sample(body, "pai_mount_write_uploads_done_total{") >= 1.0);
+    assert!(sample(body, "pai_mount_object_get_first_byte_seconds_count{") >= 1.0);
+    assert!(sample(body, "pai_mount_write_upload_seconds_count{") >= 1.0);
+    let reads = format!(
+        "pai_mount_fuse_op_seconds_count{{source=\"s3://bkt/metrics\",mountpoint=\"{}\",op=\"read\"}}",
+        std::fs::canonicalize(m.path()).unwrap().display()
+    );
+    assert!(sample(body, &reads) >= 1.0, "{body}");
+    assert!(sample(body, "pai_mount_fs_namespace_objects{") >= 2.0);
+    assert!(body.contains("# TYPE pai_mount_prefetch_budget_held_bytes gauge"));
+    promtool_check(body);
     assert!(http_get(&addr, "/other").starts_with("HTTP/1.1 404"));
 
     // A port that is taken fails the mount with a message that names it.

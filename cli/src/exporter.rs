@@ -1,6 +1,8 @@
 //! The Prometheus endpoint of a mount: `GET /metrics` on `--metrics-addr`, in the OpenMetrics
-//! text format, with every metric of `pai_mount_fs::metrics::ALL` and the labels `source` and
-//! `mountpoint` on each (one endpoint per mount).
+//! text format: every metric of `pai_mount_fs::metrics::ALL` (counters, gauges, latency
+//! histograms), the FUSE operation latency histograms labelled `op`, and the gauges sampled
+//! from the live mount (`SAMPLED`), each with the labels `source` and `mountpoint` (one endpoint
+//! per mount).
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections are served at once (more wait in the
 //! kernel's accept queue), and a client gets [`HEADER_TIMEOUT`] to send its request headers.
@@ -14,11 +16,14 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use pai_mount_fs::metrics::{Kind, Metrics, ALL};
+use pai_mount_fs::metrics::{
+    Descriptor, FuseOp, Histogram, Kind, Metrics, Value, ALL, FUSE_OP_SECONDS, SAMPLED,
+};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// Connections served at once.
@@ -28,24 +33,73 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Reads [`Metrics`] at each scrape.
-#[derive(Debug)]
-struct Collected(Arc<Metrics>);
+/// Values of [`SAMPLED`], in its order, read from the live mount at each scrape (`None` before
+/// the mount exists).
+pub type Sampler = Box<dyn Fn() -> Option<Vec<u64>> + Send + Sync>;
+
+/// Reads [`Metrics`] and the sampler at each scrape.
+struct Collected {
+    metrics: Arc<Metrics>,
+    sampled: Sampler,
+}
+
+impl std::fmt::Debug for Collected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collected").finish_non_exhaustive()
+    }
+}
+
+fn help(d: &Descriptor) -> String {
+    d.help.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A histogram's buckets, sum and count, as the encoder wants them.
+fn encode_histogram(h: &Histogram, mut e: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let (sum, count, buckets) = h.snapshot();
+    e.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+fn encode_number(
+    d: &Descriptor,
+    value: u64,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let name = d.prometheus_name();
+    if d.kind == Kind::Counter {
+        let c = ConstCounter::new(value);
+        c.encode(encoder.encode_descriptor(&name, &help(d), None, c.metric_type())?)
+    } else {
+        let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        g.encode(encoder.encode_descriptor(&name, &help(d), None, g.metric_type())?)
+    }
+}
 
 impl Collector for Collected {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (d, value) in ALL.iter().zip(self.0.values()) {
-            let name = d.prometheus_name();
-            let help = d.help.split_whitespace().collect::<Vec<_>>().join(" ");
-            match d.kind {
-                Kind::Counter => {
-                    let c = ConstCounter::new(value);
-                    c.encode(encoder.encode_descriptor(&name, &help, None, c.metric_type())?)?;
-                }
-                Kind::Gauge => {
-                    let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-                    g.encode(encoder.encode_descriptor(&name, &help, None, g.metric_type())?)?;
-                }
+        for (d, value) in ALL.iter().zip(self.metrics.values()) {
+            match value {
+                Value::Number(n) => encode_number(d, n, &mut encoder)?,
+                Value::Histogram(h) => encode_histogram(
+                    h,
+                    encoder.encode_descriptor(
+                        &d.prometheus_name(),
+                        &help(d),
+                        None,
+                        MetricType::Histogram,
+                    )?,
+                )?,
+            }
+        }
+        let d = &FUSE_OP_SECONDS;
+        let name = d.prometheus_name();
+        let mut family = encoder.encode_descriptor(&name, &help(d), None, MetricType::Histogram)?;
+        for op in FuseOp::ALL {
+            let labels = [("op", op.name())];
+            encode_histogram(self.metrics.fuse_ops.of(op), family.encode_family(&labels)?)?;
+        }
+        if let Some(values) = (self.sampled)() {
+            for (d, v) in SAMPLED.iter().zip(values) {
+                encode_number(d, v, &mut encoder)?;
             }
         }
         Ok(())
@@ -53,7 +107,12 @@ impl Collector for Collected {
 }
 
 /// The registry of one mount's metrics.
-pub fn registry(metrics: Arc<Metrics>, source: &str, mountpoint: &str) -> Registry {
+pub fn registry(
+    metrics: Arc<Metrics>,
+    sampled: Sampler,
+    source: &str,
+    mountpoint: &str,
+) -> Registry {
     let labels = [
         (Cow::Borrowed("source"), Cow::Owned(source.to_string())),
         (
@@ -62,7 +121,7 @@ pub fn registry(metrics: Arc<Metrics>, source: &str, mountpoint: &str) -> Regist
         ),
     ];
     let mut registry = Registry::with_labels(labels.into_iter());
-    registry.register_collector(Box::new(Collected(metrics)));
+    registry.register_collector(Box::new(Collected { metrics, sampled }));
     registry
 }
 
@@ -148,7 +207,11 @@ mod tests {
         let m = Arc::new(Metrics::default());
         Metrics::add(&m.get_requests, 7);
         Metrics::add(&m.budget_held, 1 << 20);
-        let text = render(&registry(m, "s3://bkt/p", "/mnt/data"));
+        m.get_first_byte_seconds
+            .observe(std::time::Duration::from_millis(21));
+        drop(m.time(FuseOp::Lookup));
+        let sampled: Sampler = Box::new(|| Some(vec![3, 4096, 0, 10, 1]));
+        let text = render(&registry(m, sampled, "s3://bkt/p", "/mnt/data"));
         assert!(
             text.contains("# TYPE pai_mount_object_get_requests counter"),
             "{text}"
@@ -161,6 +224,17 @@ mod tests {
             text.contains("# HELP pai_mount_object_get_requests GET requests, ranged or whole.")
         );
         assert!(text.ends_with("# EOF\n"));
-        assert_eq!(text.matches("# TYPE").count(), ALL.len());
+        assert_eq!(
+            text.matches("# TYPE").count(),
+            ALL.len() + 1 + SAMPLED.len()
+        );
+        // A 21 ms first byte lands in the 25.6 ms bucket and every one above it.
+        assert!(text.contains(
+            "pai_mount_object_get_first_byte_seconds_bucket{source=\"s3://bkt/p\",mountpoint=\"/mnt/data\",le=\"0.0256\"} 1"
+        ), "{text}");
+        assert!(text.contains("pai_mount_fuse_op_seconds_count{source=\"s3://bkt/p\",mountpoint=\"/mnt/data\",op=\"lookup\"} 1"), "{text}");
+        assert!(text.contains(
+            "pai_mount_write_queue_files{source=\"s3://bkt/p\",mountpoint=\"/mnt/data\"} 3"
+        ));
     }
 }

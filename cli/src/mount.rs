@@ -483,6 +483,9 @@ type Started = (
     Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 );
 
+/// The parts of a live mount the metrics endpoint samples.
+type Live = (Arc<Fs>, Option<Arc<pai_mount_fs::cache::DiskCache>>);
+
 fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Started> {
     let mp = mountpoint::check(&a.mountpoint)?;
     let mut fs_config = FsConfig {
@@ -505,9 +508,29 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
     }
     let rt = crate::runtime()?;
     let metrics = Arc::new(Metrics::default());
+    // What the metrics endpoint samples from the live mount, once it exists.
+    let live: Arc<std::sync::OnceLock<Live>> = Arc::default();
     if let Some(addr) = a.metrics_addr {
-        let registry =
-            crate::exporter::registry(metrics.clone(), &a.store.source, &mp.to_string_lossy());
+        let sampled = {
+            let live = live.clone();
+            move || {
+                let (fs, cache) = live.get()?;
+                let queue = fs.write_back().map(|w| w.status());
+                Some(vec![
+                    queue.as_ref().map_or(0, |q| q.pending_files),
+                    queue.as_ref().map_or(0, |q| q.pending_bytes),
+                    cache.as_ref().map_or(0, |c| c.used_bytes()),
+                    fs.namespace_len() as u64,
+                    fs.open_handles() as u64,
+                ])
+            }
+        };
+        let registry = crate::exporter::registry(
+            metrics.clone(),
+            Box::new(sampled),
+            &a.store.source,
+            &mp.to_string_lossy(),
+        );
         let bound = crate::exporter::start(&rt, addr, registry)?;
         tracing::info!("metrics at http://{bound}/metrics");
     }
@@ -589,11 +612,13 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
     // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
     unsafe { libc::malloc_trim(0) };
     let readers = crate::store::prefetcher(&source, &a.cache, metrics.clone())?;
+    let disk_cache = readers.cache().cloned();
     let mut fs = Fs::new(ns, Arc::new(readers), fs_config, metrics);
     if let Some((wb, recovery)) = write_back {
         fs = fs.with_write_back(wb, recovery.nodes);
     }
     let fs = Arc::new(fs);
+    let _ = live.set((fs.clone(), disk_cache));
     let session = fuse::mount(fs.clone(), rt.handle().clone(), &mp, &mount_options)
         .with_context(|| format!("mounting at {}", mp.display()))?;
     let refresh = a.refresh.map(|every| {

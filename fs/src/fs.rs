@@ -288,6 +288,11 @@ impl Fs {
     }
 
     /// The snapshot new lookups see.
+    /// Files and directories in the current namespace snapshot.
+    pub fn namespace_len(&self) -> usize {
+        self.current().namespace.len()
+    }
+
     pub fn current(&self) -> Arc<Snapshot> {
         self.snapshots.read().unwrap().current.clone()
     }

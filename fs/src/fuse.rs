@@ -22,6 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::error::FsError;
 use crate::fs::{Access, Attr, Fs, IoMode, SetAttr};
+use crate::metrics::FuseOp;
 use crate::namespace::NodeKind;
 use crate::write::Staged;
 
@@ -242,6 +243,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timer = self.fs.metrics().time(FuseOp::Lookup);
         match self.fs.lookup(parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&self.fs.config().ttl, &to_fuse(&a), Generation(0)),
             Err(e) => {
@@ -256,6 +258,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timer = self.fs.metrics().time(FuseOp::Getattr);
         match self.fs.getattr_open(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.fs.config().ttl, &to_fuse(&a)),
             Err(e) => {
@@ -266,6 +269,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.fs.metrics().time(FuseOp::Open);
         let access = Access::from_flags(flags.0);
         // O_TRUNC arrives here only with FUSE_ATOMIC_O_TRUNC; otherwise as a setattr after.
         let truncate = flags.0 & libc::O_TRUNC != 0;
@@ -300,7 +304,9 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
+        let timer = self.fs.metrics().time(FuseOp::Read);
         let mut read = Box::pin(async move {
+            let _timer = timer;
             match fs.read(fh.0, offset, size).await {
                 Ok(bytes) => reply.data(&bytes),
                 Err(e) => {
@@ -331,9 +337,11 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = self.fs.metrics().time(FuseOp::Release);
         self.drop_backing(fh.0);
         let fs = self.fs.clone();
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => {
@@ -352,6 +360,7 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Flush);
         match self.rt.block_on(self.fs.flush(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => {
@@ -369,8 +378,10 @@ impl fuser::Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = self.fs.metrics().time(FuseOp::Fsync);
         let fs = self.fs.clone();
         self.rt.spawn(async move {
+            let _timer = timer;
             match fs.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => {
@@ -391,6 +402,7 @@ impl fuser::Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Fallocate);
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.fallocate(fh.0, offset, length, mode).await {
@@ -415,6 +427,7 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Write);
         match self.rt.block_on(self.fs.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => {
@@ -425,6 +438,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.fs.metrics().time(FuseOp::Opendir);
         // Listings come from memory; a writable mount lets the kernel cache them only until
         // the directory changes (the kernel drops the cache on create, unlink and rename).
         match self.fs.getattr(ino.0) {
@@ -445,6 +459,7 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Readdir);
         let r = self.fs.readdir(ino.0, offset, false, |e| {
             reply.add(
                 INodeNo(e.attr.ino),
@@ -467,6 +482,7 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Readdir);
         let ttl = self.fs.config().ttl;
         let r = self.fs.readdir(ino.0, offset, true, |e| {
             reply.add(
@@ -496,6 +512,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _timer = self.fs.metrics().time(FuseOp::Statfs);
         let s = self.fs.stats();
         let free = s.free / 4096;
         let blocks = s.bytes.div_ceil(4096) + free;
@@ -520,6 +537,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Setattr);
         let change = SetAttr {
             mode,
             uid,
@@ -560,6 +578,7 @@ impl fuser::Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Mkdir);
         match self.rt.block_on(self.fs.mkdir(parent.0, name.as_bytes())) {
             Ok(a) => reply.entry(&self.fs.config().ttl, &to_fuse(&a), Generation(0)),
             Err(e) => {
@@ -570,6 +589,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.fs.metrics().time(FuseOp::Unlink);
         match self.rt.block_on(self.fs.unlink(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => {
@@ -580,6 +600,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.fs.metrics().time(FuseOp::Rmdir);
         match self.rt.block_on(self.fs.rmdir(parent.0, name.as_bytes())) {
             Ok(()) => reply.ok(),
             Err(e) => {
@@ -611,6 +632,7 @@ impl fuser::Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Rename);
         if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             return reply.error(Errno::EINVAL);
         }
@@ -701,6 +723,7 @@ impl fuser::Filesystem for FuseAdapter {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        let _timer = self.fs.metrics().time(FuseOp::Create);
         let (a, fh) = match self.rt.block_on(self.fs.create(parent.0, name.as_bytes())) {
             Ok(created) => created,
             Err(e) => {

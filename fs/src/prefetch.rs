@@ -362,6 +362,11 @@ impl Prefetcher {
         }
     }
 
+    /// The disk cache, if the mount has one.
+    pub fn cache(&self) -> Option<&Arc<DiskCache>> {
+        self.cache.as_ref()
+    }
+
     pub fn budget(&self) -> &Arc<MemoryBudget> {
         &self.budget
     }

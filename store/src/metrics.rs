@@ -5,12 +5,91 @@
 //! Values are plain atomics, cheap enough for hot paths; tests and benchmarks read the fields.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Whether a metric only grows, or goes up and down.
+/// Whether a metric only grows, goes up and down, or counts observations in buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,
     Gauge,
+    Histogram,
+}
+
+/// Upper bounds of the latency histograms' buckets, in seconds: 100 µs to 105 s, each twice
+/// the one before (and `+Inf` after the last).
+pub const LATENCY_BUCKETS: [f64; 21] = {
+    let mut b = [0.0; 21];
+    let mut i = 0;
+    let mut v = 0.0001;
+    while i < 21 {
+        b[i] = v;
+        v *= 2.0;
+        i += 1;
+    }
+    b
+};
+
+/// A latency histogram over [`LATENCY_BUCKETS`]: lock-free, one atomic add per bucket hit.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket counts; the last one is `+Inf`.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Sum of the observations in seconds, count, and `(upper bound, count in that bucket)`.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+}
+
+/// A metric's current value.
+pub enum Value<'a> {
+    Number(u64),
+    Histogram(&'a Histogram),
+}
+
+/// How a field of [`Metrics`] is read.
+trait Read {
+    fn value(&self) -> Value<'_>;
+}
+
+impl Read for AtomicU64 {
+    fn value(&self) -> Value<'_> {
+        Value::Number(self.load(Ordering::Relaxed))
+    }
+}
+
+impl Read for Histogram {
+    fn value(&self) -> Value<'_> {
+        Value::Histogram(self)
+    }
 }
 
 /// One metric's declaration.
@@ -30,23 +109,39 @@ impl Descriptor {
     }
 }
 
+/// The type of a field of [`Metrics`] for each [`Kind`].
+macro_rules! field_type {
+    (Counter) => {
+        AtomicU64
+    };
+    (Gauge) => {
+        AtomicU64
+    };
+    (Histogram) => {
+        Histogram
+    };
+}
+
 macro_rules! metrics {
     ($( $(#[doc = $doc:literal])+ $field:ident: $kind:ident = $name:literal, )+) => {
         /// Process-wide metrics, shared through an `Arc`.
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $( $(#[doc = $doc])+ pub $field: AtomicU64, )+
+            $( $(#[doc = $doc])+ pub $field: field_type!($kind), )+
+            /// Latency of FUSE operations, by [`FuseOp`].
+            pub fuse_ops: FuseOpHistograms,
         }
 
-        /// Every metric, in the order of [`Metrics::snapshot`].
+        /// Every metric but the per-operation FUSE histograms, in the order of
+        /// [`Metrics::values`].
         pub const ALL: &[Descriptor] = &[
             $( Descriptor { name: $name, kind: Kind::$kind, help: concat!($($doc),+) }, )+
         ];
 
         impl Metrics {
             /// Every metric's value, in the order of [`ALL`].
-            pub fn values(&self) -> Vec<u64> {
-                vec![ $( self.$field.load(Ordering::Relaxed), )+ ]
+            pub fn values(&self) -> Vec<Value<'_>> {
+                vec![ $( Read::value(&self.$field), )+ ]
             }
         }
     };
@@ -88,8 +183,6 @@ metrics! {
     get_bytes: Counter = "object.get_bytes",
     /// Failed GETs (after the HTTP layer's retries) and retried bodies.
     get_errors: Counter = "object.get_errors",
-    /// Sum of the first-byte latencies of GETs, in microseconds (divide by get_requests).
-    first_byte_micros: Counter = "object.get_first_byte_micros",
     /// Bytes returned to readers.
     read_bytes: Counter = "fs.read_bytes",
     /// Read requests served (read_bytes / reads is the kernel's request size).
@@ -126,6 +219,13 @@ metrics! {
     requests_throttled: Counter = "object.requests_throttled",
     /// Requests abandoned at the connect, first-byte or idle-body bound; each was retried.
     request_timeouts: Counter = "object.request_timeouts",
+    /// Seconds from sending a GET to its answer's headers.
+    get_first_byte_seconds: Histogram = "object.get_first_byte_seconds",
+    /// Seconds from sending a GET to the end of its body (each resumed piece on its own).
+    get_seconds: Histogram = "object.get_seconds",
+    /// Seconds an upload of one file version took, from its start to its completion
+    /// (retries included).
+    upload_seconds: Histogram = "write.upload_seconds",
     /// Bytes that did not match the store's full-object checksum: whole-object reads (retried,
     /// never delivered), files read front to back through the mount (the read at the end
     /// failed with EIO), OSS uploads (retried).
@@ -138,14 +238,163 @@ metrics! {
     files_unverified: Counter = "read.files_unverified",
 }
 
+/// FUSE operations whose latency is measured, one histogram each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuseOp {
+    Lookup,
+    Getattr,
+    Setattr,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Fsync,
+    Release,
+    Create,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Rename,
+    Opendir,
+    Readdir,
+    Statfs,
+    Fallocate,
+}
+
+impl FuseOp {
+    /// Every operation, in the order of their histograms.
+    pub const ALL: [FuseOp; 18] = [
+        Self::Lookup,
+        Self::Getattr,
+        Self::Setattr,
+        Self::Open,
+        Self::Read,
+        Self::Write,
+        Self::Flush,
+        Self::Fsync,
+        Self::Release,
+        Self::Create,
+        Self::Mkdir,
+        Self::Unlink,
+        Self::Rmdir,
+        Self::Rename,
+        Self::Opendir,
+        Self::Readdir,
+        Self::Statfs,
+        Self::Fallocate,
+    ];
+
+    /// The `op` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lookup => "lookup",
+            Self::Getattr => "getattr",
+            Self::Setattr => "setattr",
+            Self::Open => "open",
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Flush => "flush",
+            Self::Fsync => "fsync",
+            Self::Release => "release",
+            Self::Create => "create",
+            Self::Mkdir => "mkdir",
+            Self::Unlink => "unlink",
+            Self::Rmdir => "rmdir",
+            Self::Rename => "rename",
+            Self::Opendir => "opendir",
+            Self::Readdir => "readdir",
+            Self::Statfs => "statfs",
+            Self::Fallocate => "fallocate",
+        }
+    }
+}
+
+/// One latency histogram per [`FuseOp`].
+#[derive(Debug, Default)]
+pub struct FuseOpHistograms([Histogram; FuseOp::ALL.len()]);
+
+impl FuseOpHistograms {
+    pub fn of(&self, op: FuseOp) -> &Histogram {
+        &self.0[op as usize]
+    }
+}
+
+/// The FUSE operation latency family: one histogram per operation, labelled `op`.
+pub const FUSE_OP_SECONDS: Descriptor = Descriptor {
+    name: "fuse.op_seconds",
+    kind: Kind::Histogram,
+    help: "Seconds from a FUSE request's arrival to its reply, by operation (label op).",
+};
+
+/// Gauges read from the live mount at each scrape rather than kept here, in the order a
+/// sampler returns them (see the daemon's metrics endpoint).
+pub const SAMPLED: &[Descriptor] = &[
+    Descriptor {
+        name: "write.queue_files",
+        kind: Kind::Gauge,
+        help: "Files written through the mount whose upload has not completed (the upload queue).",
+    },
+    Descriptor {
+        name: "write.queue_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of those files.",
+    },
+    Descriptor {
+        name: "cache.disk_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes held by the disk cache.",
+    },
+    Descriptor {
+        name: "fs.namespace_objects",
+        kind: Kind::Gauge,
+        help: "Files and directories in the namespace the mount serves.",
+    },
+    Descriptor {
+        name: "fs.open_handles",
+        kind: Kind::Gauge,
+        help: "Open file handles.",
+    },
+];
+
+/// Times one FUSE operation; records it when dropped.
+pub struct OpTimer {
+    metrics: Arc<Metrics>,
+    op: FuseOp,
+    start: Instant,
+}
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        self.metrics
+            .fuse_ops
+            .of(self.op)
+            .observe(self.start.elapsed());
+    }
+}
+
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Every metric with its name.
+    /// Starts timing FUSE operation `op`.
+    pub fn time(self: &Arc<Self>, op: FuseOp) -> OpTimer {
+        OpTimer {
+            metrics: self.clone(),
+            op,
+            start: Instant::now(),
+        }
+    }
+
+    /// Every metric with its name (a histogram by its count).
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        ALL.iter().map(|d| d.name).zip(self.values()).collect()
+        ALL.iter()
+            .map(|d| d.name)
+            .zip(self.values().into_iter().map(|v| match v {
+                Value::Number(n) => n,
+                Value::Histogram(h) => h.count(),
+            }))
+            .collect()
     }
 
     pub fn log(&self) {
@@ -158,7 +407,7 @@ impl Metrics {
 /// docs/METRICS.md's table of every metric.
 pub fn markdown_table() -> String {
     let mut out = String::from("| name | kind | meaning |\n|---|---|---|\n");
-    for d in ALL {
+    for d in ALL.iter().chain([&FUSE_OP_SECONDS]).chain(SAMPLED) {
         let help: Vec<&str> = d.help.split_whitespace().collect();
         out.push_str(&format!(
             "| `{}` | {} | {} |\n",
@@ -166,6 +415,7 @@ pub fn markdown_table() -> String {
             match d.kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
             },
             help.join(" ")
         ));

@@ -1006,6 +1006,8 @@ impl WriteBack {
     /// is superseded (a newer close will queue it again).
     async fn upload(&self, node: Arc<FileNode>) {
         let mut attempts = 0u32;
+        // The version being sent and when its first attempt started (for `upload_seconds`).
+        let mut first_try: Option<(u64, std::time::Instant)> = None;
         loop {
             if self.stopping.load(Ordering::Acquire) {
                 node.state().queued = false;
@@ -1034,11 +1036,17 @@ impl WriteBack {
                 return;
             };
             let (key, staged, size) = (v.key.clone(), v.staged.clone(), v.size);
+            if first_try.is_none_or(|(version, _)| version != v.version) {
+                first_try = Some((v.version, std::time::Instant::now()));
+            }
             self.uploading.fetch_add(1, Ordering::Relaxed);
             let result = self.upload_version(&node, &v).await;
             self.uploading.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(true) => {
+                    if let Some((_, started)) = first_try.take() {
+                        self.metrics.upload_seconds.observe(started.elapsed());
+                    }
                     Metrics::add(&self.metrics.uploads_done, 1);
                     Metrics::add(&self.metrics.uploaded_bytes, size);
                     tracing::debug!(key = %key, size, "uploaded");

@@ -348,10 +348,9 @@ impl ObjectSource {
                     return Err(self.map_error(rel, etag, e));
                 }
             };
-            Metrics::add(
-                &self.metrics.first_byte_micros,
-                started.elapsed().as_micros() as u64,
-            );
+            self.metrics
+                .get_first_byte_seconds
+                .observe(started.elapsed());
             let changed = match (etag, result.meta.e_tag.as_deref()) {
                 (Some(pinned), Some(got)) => pinned != got,
                 _ => false,
@@ -393,6 +392,7 @@ impl ObjectSource {
                     }
                 }
             }
+            self.metrics.get_seconds.observe(started.elapsed());
             if pos >= range.end {
                 break;
             }
