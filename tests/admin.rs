@@ -377,3 +377,56 @@ fn the_daemon_notifies_systemd_and_stops_cleanly_on_sigterm() {
         Some(b"kept".to_vec())
     );
 }
+
+#[test]
+fn logs_are_json_lines_when_asked_and_never_hold_secrets() {
+    let s = server();
+    s.backend().put("bkt", "logs/a.txt", b"hello".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let mp = dir.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let log = dir.path().join("daemon.log");
+    let secret = pai_test_s3::DEFAULT_SECRET_KEY;
+    ok(cmd(
+        &s,
+        &[
+            "mount",
+            "s3://bkt/logs",
+            mp.to_str().unwrap(),
+            "--access-key-id",
+            pai_test_s3::DEFAULT_ACCESS_KEY,
+            "--secret-access-key",
+            secret,
+            "--staging-dir",
+            dir.path().join("staging").to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+    )
+    .env("PAI_MOUNT_LOG", "debug,fuser=info")
+    .output()
+    .unwrap());
+    assert_eq!(std::fs::read(mp.join("a.txt")).unwrap(), b"hello");
+    std::fs::write(mp.join("b.txt"), b"world").unwrap();
+    ok(cmd(&s, &["unmount", mp.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines > 10, "debug logging wrote {lines} lines");
+    assert!(!text.contains(secret), "the secret key is in the log");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

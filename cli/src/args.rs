@@ -212,6 +212,12 @@ pub struct MountArgs {
     /// Log file of the daemon (default: ~/.local/state/pai-mount/<mountpoint>.log)
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Log lines as text or as JSON objects (one per line)
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Largest size of the log file; then it is rotated (3 old files are kept)
+    #[arg(long, value_parser = parse_positive_size, default_value = "64M")]
+    pub log_max_size: u64,
     /// Internal: the daemon reports readiness on this file descriptor
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
@@ -339,8 +345,11 @@ pub struct UnmountArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// A mount point (default: every mount of this user)
+    /// A mount point (default: the live mounts of this user, and those with uploads left)
     pub mountpoint: Option<PathBuf>,
+    /// Also list mounts that ended cleanly (kept for a week)
+    #[arg(long)]
+    pub all: bool,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -5,6 +5,7 @@ mod config;
 mod cp;
 mod demo;
 mod exporter;
+mod logfile;
 mod manifest_cmd;
 mod mount;
 mod options;
@@ -59,17 +60,36 @@ pub(crate) static ARGV: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync
 
 /// Logs to stderr; `PAI_MOUNT_LOG` sets the filter (default `info`).
 pub(crate) fn init_logging(default: &str) {
+    init_logging_to(default, false, None);
+}
+
+/// Logs as text or JSON lines (`json`), to stderr or to a rotating log file.
+pub(crate) fn init_logging_to(
+    default: &str,
+    json: bool,
+    file: Option<std::sync::Arc<logfile::RotatingLog>>,
+) {
     // fuser warns that its own unmount at session drop failed after ours succeeded (EINVAL:
     // no longer mounted); only its errors are worth a line.
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("PAI_MOUNT_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(format!("{default},fuser::session=error"))
         });
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match (json, file) {
+        (false, None) => builder.with_writer(std::io::stderr).try_init(),
+        (true, None) => builder.json().with_writer(std::io::stderr).try_init(),
+        (false, Some(f)) => builder
+            .with_ansi(false)
+            .with_writer(move || logfile::Writer(f.clone()))
+            .try_init(),
+        (true, Some(f)) => builder
+            .json()
+            .with_writer(move || logfile::Writer(f.clone()))
+            .try_init(),
+    };
 }
 
 /// A multi-threaded runtime for one command.

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -89,7 +90,18 @@ fn staging_dir(a: &MountArgs, source: &str) -> PathBuf {
 
 pub fn run(a: MountArgs) -> anyhow::Result<()> {
     if a.foreground {
-        crate::init_logging("info");
+        let json = a.log_format == "json";
+        match &a.log_file {
+            // The daemon (or a foreground run asked for a file): a rotating file. A daemon's
+            // stdout and stderr already point at it; they follow it when it rotates.
+            Some(path) => {
+                let log =
+                    crate::logfile::RotatingLog::open(path, a.log_max_size, a.ready_fd.is_some())
+                        .with_context(|| format!("opening log file {}", path.display()))?;
+                crate::init_logging_to("info", json, Some(log));
+            }
+            None => crate::init_logging_to("info", json, None),
+        }
         let ready = a.ready_fd.map(|fd| {
             // SAFETY: the parent passed us the write end of a pipe it created for this purpose,
             // and nothing else in this process owns that descriptor.
@@ -125,6 +137,7 @@ fn daemonize(a: &MountArgs) -> anyhow::Result<()> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .with_context(|| format!("opening log file {}", log.display()))?;
     let mut fds = [0i32; 2];
@@ -203,6 +216,9 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     };
     let mp = std::fs::canonicalize(&a.mountpoint).unwrap_or_else(|_| a.mountpoint.clone());
     let status_file = status::status_path(&mp)?;
+    if let Some(dir) = status_file.parent() {
+        status::clean_up(dir, status::KEEP_ENDED);
+    }
     let lazy = Arc::new(AtomicBool::new(false));
     let mut session = session;
     let mut unmounter = fuse::unmounter(&mut session);

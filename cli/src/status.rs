@@ -3,6 +3,10 @@
 //! Every daemon writes `<state dir>/<mountpoint>.status.json` (the state dir is
 //! `$XDG_STATE_HOME/pai-mount` or `~/.local/state/pai-mount`, mode 0700) about once a second
 //! and when it exits. `status` and `unmount` read it; a file whose daemon is gone says so.
+//!
+//! `status` without a mount point lists what needs attention: live mounts, and mounts whose
+//! daemon is gone with uploads left (pending or failed). The status and log files of a mount that
+//! ended cleanly are deleted once [`KEEP_ENDED`] has passed (by `status` and at every mount).
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +36,49 @@ pub struct DaemonStatus {
     pub write: Option<WriteStatus>,
     /// How the last unmount ended, once it has.
     pub outcome: Option<String>,
+}
+
+/// How long the status and log files of a mount that ended cleanly are kept.
+pub const KEEP_ENDED: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Whether `s` needs listing: its daemon runs, or uploads are left.
+pub fn needs_attention(s: &DaemonStatus) -> bool {
+    alive(s)
+        || s.write
+            .as_ref()
+            .is_some_and(|w| w.pending_files > 0 || !w.failed.is_empty())
+}
+
+/// Deletes the status and log files of mounts that ended cleanly more than `keep` ago.
+/// Returns how many mounts' files went.
+pub fn clean_up(dir: &Path, keep: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut removed = 0;
+    for path in entries.flatten().map(|e| e.path()) {
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".status.json"))
+        else {
+            continue;
+        };
+        let Some(s) = read(&path) else { continue };
+        let age_ms = now.saturating_sub(s.updated_at_ms).max(0) as u128;
+        if needs_attention(&s) || age_ms < keep.as_millis() {
+            continue;
+        }
+        let _ = std::fs::remove_file(&path);
+        for log in [format!("{name}.log"), format!("{name}.log.1")] {
+            let _ = std::fs::remove_file(dir.join(log));
+        }
+        removed += 1;
+    }
+    removed
 }
 
 /// The state directory (created with mode 0700).
@@ -162,7 +209,9 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
             vec![status_path(&abs)?]
         }
         None => {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(state_dir()?)?
+            let dir = state_dir()?;
+            clean_up(&dir, KEEP_ENDED);
+            let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.to_string_lossy().ends_with(".status.json"))
                 .collect();
@@ -170,12 +219,24 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
             v
         }
     };
-    let found: Vec<DaemonStatus> = files.iter().filter_map(|p| read(p)).collect();
+    let listing = a.mountpoint.is_none() && !a.all;
+    let found: Vec<DaemonStatus> = files
+        .iter()
+        .filter_map(|p| read(p))
+        .filter(|s| !listing || needs_attention(s))
+        .collect();
     if found.is_empty() {
         match &a.mountpoint {
             Some(mp) => anyhow::bail!("no pai-mount status for {}", mp.display()),
             None => {
-                eprintln!("no pai-mount mounts");
+                eprintln!(
+                    "no live pai-mount mounts, and none with uploads left{}",
+                    if a.all {
+                        ""
+                    } else {
+                        " (--all lists ended ones too)"
+                    }
+                );
                 return Ok(());
             }
         }
@@ -188,4 +249,53 @@ pub fn run(a: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(dir: &Path, name: &str, age: std::time::Duration, pending: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let s = DaemonStatus {
+            pid: 0,
+            state: "exited".into(),
+            updated_at_ms: now - age.as_millis() as i64,
+            write: Some(WriteStatus {
+                pending_files: pending,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        write(&dir.join(format!("{name}.status.json")), &s);
+        std::fs::write(dir.join(format!("{name}.log")), "log").unwrap();
+    }
+
+    #[test]
+    fn only_clean_ended_mounts_past_the_keep_time_are_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = KEEP_ENDED;
+        ended(dir.path(), "old-clean", week * 2, 0);
+        ended(dir.path(), "old-pending", week * 2, 3);
+        ended(dir.path(), "new-clean", week / 2, 0);
+        assert_eq!(clean_up(dir.path(), week), 1);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!left.iter().any(|n| n.starts_with("old-clean")), "{left:?}");
+        assert!(left.contains(&"old-pending.status.json".to_string()));
+        assert!(left.contains(&"old-pending.log".to_string()));
+        assert!(left.contains(&"new-clean.status.json".to_string()));
+        let s = read(&dir.path().join("old-pending.status.json")).unwrap();
+        assert!(
+            needs_attention(&s),
+            "a dead mount with uploads left is listed"
+        );
+        let s = read(&dir.path().join("new-clean.status.json")).unwrap();
+        assert!(!needs_attention(&s));
+    }
 }
