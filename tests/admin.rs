@@ -430,3 +430,56 @@ fn logs_are_json_lines_when_asked_and_never_hold_secrets() {
     let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// The package's contents (`dpkg-deb -c`), built from the binary under test.
+#[test]
+fn the_debian_package_holds_the_binary_man_pages_completions_unit_and_sample_config() {
+    let out = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/deb/build.sh");
+    let built = ok(Command::new(script)
+        .args([
+            "--binary",
+            BIN,
+            "--out",
+            out.path().to_str().unwrap(),
+            "--compress",
+            "none",
+        ])
+        .output()
+        .unwrap());
+    let deb = built.lines().last().unwrap().trim().to_string();
+    let listing = ok(Command::new("dpkg-deb")
+        .args(["-c", &deb])
+        .output()
+        .unwrap());
+    for path in [
+        "./usr/bin/pai-mount",
+        "./usr/share/man/man1/pai-mount.1.gz",
+        "./usr/share/man/man1/pai-mount-mount.1.gz",
+        "./usr/share/bash-completion/completions/pai-mount",
+        "./usr/share/zsh/vendor-completions/_pai-mount",
+        "./usr/share/fish/vendor_completions.d/pai-mount.fish",
+        "./lib/systemd/system/pai-mount@.service",
+        "./usr/share/doc/pai-mount/examples/config.toml",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(path)),
+            "{path} missing:\n{listing}"
+        );
+    }
+    let info = ok(Command::new("dpkg-deb")
+        .args(["-I", &deb])
+        .output()
+        .unwrap());
+    assert!(info.contains("Package: pai-mount") && info.contains("Depends: fuse3"));
+    let dir = out.path().join("x");
+    ok(Command::new("dpkg-deb")
+        .args(["-x", &deb, dir.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let text = std::fs::read_to_string(dir.join("lib/systemd/system/pai-mount@.service")).unwrap();
+    assert!(
+        text.contains("ExecStart=/usr/bin/pai-mount mount"),
+        "{text}"
+    );
+}

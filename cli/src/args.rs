@@ -55,6 +55,17 @@ pub enum Command {
     /// Show the config files' settings
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages of the command and every subcommand into a directory
+    Man {
+        /// Where to write pai-mount.1, pai-mount-mount.1, ...
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -42,6 +42,15 @@ fn main() -> std::process::ExitCode {
         args::Command::Demo(d) => demo::run(d),
         args::Command::Warm(w) => warm::run(w),
         args::Command::Cp(c) => cp::run(c),
+        args::Command::Completions { shell } => {
+            let mut cmd = <args::Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "pai-mount", &mut script);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
+        args::Command::Man { dir } => man_pages(&dir),
         args::Command::Config(args::ConfigCommand::Show { name, profile }) => {
             config::show(cli.config.as_deref(), name.as_deref(), profile.as_deref())
         }
@@ -53,6 +62,27 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `pai-mount.1` and `pai-mount-<sub>.1` for every subcommand (nested ones too) into
+/// `dir`.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    fn write(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+        let cmd = cmd.clone().name(name.to_string());
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            write(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = <args::Cli as clap::CommandFactory>::command();
+    cmd.build();
+    write(&cmd, "pai-mount", dir)
 }
 
 /// The command line after [`options::expand`]: what a daemon is re-run with.

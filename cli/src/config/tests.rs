@@ -297,3 +297,14 @@ fn show_prints_each_effective_value_with_its_origin_and_hides_secrets() {
     assert!(out.contains("profile checkpoint"));
     assert!(render(&config, Some("nope"), None).is_err());
 }
+
+#[test]
+fn the_sample_config_is_valid() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/config.toml.example"
+    ));
+    let c = Config::load(Some(path)).unwrap();
+    assert_eq!(c.mounts.len(), 2);
+    render(&c, Some("imagenet"), None).unwrap();
+}
