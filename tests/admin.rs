@@ -483,3 +483,52 @@ fn the_debian_package_holds_the_binary_man_pages_completions_unit_and_sample_con
         "{text}"
     );
 }
+
+#[test]
+fn cp_and_warm_take_a_metrics_endpoint_too() {
+    let s = server();
+    s.backend().put("bkt", "cpm/a.bin", vec![1u8; 1000]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dest = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["cp", "s3://bkt/cpm", dest.path().to_str().unwrap()],
+        vec![
+            "warm",
+            "s3://bkt/cpm",
+            "--cache-dir",
+            dest.path().to_str().unwrap(),
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--metrics-addr", &port]);
+        let err = fails(cmd(&s, &args).output().unwrap());
+        assert!(err.contains(&format!("serving metrics on {port}")), "{err}");
+    }
+    drop(taken);
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = ok(cmd(
+        &s,
+        &[
+            "cp",
+            "s3://bkt/cpm",
+            dest.path().to_str().unwrap(),
+            "--metrics-addr",
+            &free,
+        ],
+    )
+    .output()
+    .unwrap());
+    assert!(
+        out.contains(&format!("metrics at http://{free}/metrics")),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(dest.path().join("a.bin")).unwrap().len(),
+        1000
+    );
+}

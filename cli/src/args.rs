@@ -319,6 +319,9 @@ pub struct WarmArgs {
     /// Objects (or files) read in parallel
     #[arg(long, short = 'j', default_value_t = 16, value_parser = parse_positive_usize)]
     pub jobs: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics while warming
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +333,9 @@ pub struct CpArgs {
     /// Requests in flight (objects, and parts of large objects)
     #[arg(long, short = 'j', default_value_t = 32, value_parser = parse_positive_usize)]
     pub jobs: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics while copying
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Objects larger than this are fetched as parallel ranges of this size
     #[arg(long, value_parser = parse_positive_size, default_value = "8M")]
     pub part_size: u64,

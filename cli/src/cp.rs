@@ -28,8 +28,9 @@ impl CopyProgress for Bar {
 pub fn run(a: CpArgs) -> anyhow::Result<()> {
     crate::init_logging("warn");
     let rt = crate::runtime()?;
+    let metrics = Arc::new(Metrics::default());
+    crate::exporter::start_for_command(&rt, a.metrics_addr, &metrics, &a.store.source, "cp")?;
     rt.block_on(async {
-        let metrics = Arc::new(Metrics::default());
         let source = crate::store::connect(&a.store, metrics.clone()).await?;
         let options = CopyOptions {
             jobs: a.jobs,

@@ -106,20 +106,13 @@ impl Collector for Collected {
     }
 }
 
-/// The registry of one mount's metrics.
-pub fn registry(
-    metrics: Arc<Metrics>,
-    sampled: Sampler,
-    source: &str,
-    mountpoint: &str,
-) -> Registry {
-    let labels = [
-        (Cow::Borrowed("source"), Cow::Owned(source.to_string())),
-        (
-            Cow::Borrowed("mountpoint"),
-            Cow::Owned(mountpoint.to_string()),
-        ),
-    ];
+/// The registry of one process's metrics, with `labels` on every sample (`source`, and
+/// `mountpoint` for a mount or `command` for `cp` and `warm`).
+pub fn registry(metrics: Arc<Metrics>, sampled: Sampler, labels: &[(&str, &str)]) -> Registry {
+    let labels: Vec<(Cow<'static, str>, Cow<'static, str>)> = labels
+        .iter()
+        .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
+        .collect();
     let mut registry = Registry::with_labels(labels.into_iter());
     registry.register_collector(Box::new(Collected { metrics, sampled }));
     registry
@@ -131,6 +124,27 @@ pub fn render(registry: &Registry) -> String {
     prometheus_client::encoding::text::encode(&mut out, registry)
         .expect("writing to a String cannot fail");
     out
+}
+
+/// For `cp` and `warm`: serves `metrics` on `addr`, if given, with `source` and `command`
+/// labels (no sampled gauges: there is no mount).
+pub fn start_for_command(
+    rt: &tokio::runtime::Runtime,
+    addr: Option<SocketAddr>,
+    metrics: &Arc<Metrics>,
+    source: &str,
+    command: &str,
+) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let registry = registry(
+            metrics.clone(),
+            Box::new(|| None),
+            &[("source", source), ("command", command)],
+        );
+        let bound = start(rt, addr, registry)?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
+    Ok(())
 }
 
 /// Binds `addr` (an error names it) and serves `/metrics` on `rt` until the runtime ends.
@@ -211,7 +225,11 @@ mod tests {
             .observe(std::time::Duration::from_millis(21));
         drop(m.time(FuseOp::Lookup));
         let sampled: Sampler = Box::new(|| Some(vec![3, 4096, 0, 10, 1]));
-        let text = render(&registry(m, sampled, "s3://bkt/p", "/mnt/data"));
+        let text = render(&registry(
+            m,
+            sampled,
+            &[("source", "s3://bkt/p"), ("mountpoint", "/mnt/data")],
+        ));
         assert!(
             text.contains("# TYPE pai_mount_object_get_requests counter"),
             "{text}"

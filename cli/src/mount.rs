@@ -544,8 +544,10 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
         let registry = crate::exporter::registry(
             metrics.clone(),
             Box::new(sampled),
-            &a.store.source,
-            &mp.to_string_lossy(),
+            &[
+                ("source", &a.store.source),
+                ("mountpoint", &mp.to_string_lossy()),
+            ],
         );
         let bound = crate::exporter::start(&rt, addr, registry)?;
         tracing::info!("metrics at http://{bound}/metrics");

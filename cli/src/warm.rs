@@ -31,8 +31,9 @@ fn warm_source(a: &WarmArgs) -> anyhow::Result<()> {
         bail!("warming a source needs --cache-dir (the directory the mount will use)");
     }
     let rt = crate::runtime()?;
+    let metrics = Arc::new(Metrics::default());
+    crate::exporter::start_for_command(&rt, a.metrics_addr, &metrics, &a.store.source, "warm")?;
     rt.block_on(async {
-        let metrics = Arc::new(Metrics::default());
         let source = crate::store::connect(&a.store, metrics.clone()).await?;
         let prefetcher = Arc::new(crate::store::prefetcher(&source, &a.cache, metrics.clone())?);
         let (ns, _) = manifest::load_or_list(&source, &BuildOptions::default()).await?;
