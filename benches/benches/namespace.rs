@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use pai_mount_benches::{imagenet_keys, peak_rss, rss};
-use pai_mount_fs::fs::{Fs, FsConfig};
-use pai_mount_fs::fuse::{self, MountOptions};
+use pai_mount_fs::fs::FsConfig;
+use pai_mount_fs::fuse::MountOptions;
 use pai_mount_fs::manifest::{self, BuildOptions, BuildProgress, Entry, Etag, Header, Manifest};
 use pai_mount_fs::metrics::Metrics;
+use pai_mount_fs::mount::{Drain, Mount, MountConfig};
 use pai_mount_fs::namespace::Namespace;
 use pai_mount_fs::object::credentials::ProcessEnv;
 use pai_mount_fs::object::{ObjectSource, Source, StoreOptions};
@@ -124,29 +125,35 @@ fn with_mount<T>(
     f: impl FnOnce(&std::path::Path) -> T,
 ) -> T {
     let source = e.source(url, metrics.clone());
-    let (ns, _) =
-        e.rt.block_on(manifest::load_or_list(&source, &BuildOptions::default()))
-            .unwrap();
-    let fs = Arc::new(Fs::new(
-        ns,
-        Arc::new(Prefetcher::new(source, None, PrefetchConfig::default())),
-        FsConfig::default(),
-        metrics,
-    ));
     let dir = tempfile::tempdir().unwrap();
-    let mut session = fuse::mount(
-        fs,
-        e.rt.handle().clone(),
-        dir.path(),
-        &MountOptions::default(),
-    )
-    .unwrap();
-    let mut unmounter = fuse::unmounter(&mut session);
-    let t = std::thread::spawn(move || fuse::run(session));
-    let out = f(dir.path());
-    unmounter.unmount().unwrap();
-    let _ = t.join();
-    out
+    let config = MountConfig {
+        mountpoint: dir.path().to_path_buf(),
+        fs: FsConfig::default(),
+        fuse: MountOptions::default(),
+        write: None,
+        build: BuildOptions::default(),
+        refresh: None,
+        manifest_interval: Duration::ZERO,
+    };
+    let readers = Arc::new(Prefetcher::new(
+        source.clone(),
+        None,
+        PrefetchConfig::default(),
+    ));
+    let mount = Mount::start(&e.rt, source, readers, metrics, config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::scope(|scope| {
+        let serving = scope.spawn(|| {
+            let shutdown = Box::pin(async move {
+                let _ = stopped.await;
+            });
+            mount.run(&e.rt, shutdown, Drain::default(), &|_| {})
+        });
+        let out = f(dir.path());
+        let _ = stop.send(());
+        serving.join().unwrap().unwrap();
+        out
+    })
 }
 
 fn time_cmd(args: &[&str]) -> Duration {

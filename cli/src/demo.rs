@@ -12,15 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pai_mount_fs::fs::{Fs, FsConfig};
-use pai_mount_fs::fuse::{self, MountOptions};
+use pai_mount_fs::fs::FsConfig;
+use pai_mount_fs::fuse::MountOptions;
 use pai_mount_fs::manifest::{self, BuildOptions, BuildProgress};
 use pai_mount_fs::metrics::Metrics;
+use pai_mount_fs::mount::{Drain, Mount, MountConfig};
 use pai_mount_fs::mountpoint;
 use pai_mount_fs::object::credentials::{CredentialFlags, ProcessEnv};
 use pai_mount_fs::object::{ObjectSource, Source, StoreOptions};
 use pai_mount_fs::prefetch::{PrefetchConfig, Prefetcher};
-use pai_mount_fs::write::{WriteBack, WriteConfig};
+use pai_mount_fs::write::WriteConfig;
 use pai_test_s3::{ServerConfig, TestServer};
 use sha2::{Digest, Sha256};
 
@@ -121,67 +122,56 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     let mp = mountpoint::check(&mp)?;
     let t = Instant::now();
-    let (ns, _origin) = rt.block_on(manifest::load_or_list(&source, &BuildOptions::default()))?;
     let staging = tempfile::tempdir().context("creating a staging directory")?;
-    let (write_back, recovery) = {
-        let _guard = rt.enter();
-        let mut next = pai_mount_fs::fs::OVERLAY_INO;
-        WriteBack::open(
-            WriteConfig::new(staging.path().join("staging")),
-            source.clone(),
-            metrics.clone(),
-            || {
-                next += 1;
-                next
-            },
-        )?
+    let config = MountConfig {
+        mountpoint: mp.clone(),
+        fs: FsConfig::default(),
+        fuse: MountOptions::default(),
+        write: Some(WriteConfig::new(staging.path().join("staging"))),
+        build: BuildOptions::default(),
+        refresh: None,
+        manifest_interval: Duration::ZERO,
     };
-    let fs = Arc::new(
-        Fs::new(
-            ns,
-            Arc::new(Prefetcher::new(
-                source.clone(),
-                None,
-                PrefetchConfig::default(),
-            )),
-            FsConfig::default(),
-            metrics.clone(),
-        )
-        .with_write_back(write_back, recovery.nodes),
-    );
-    let session = fuse::mount(
-        fs.clone(),
-        rt.handle().clone(),
-        &mp,
-        &MountOptions {
-            read_only: false,
-            ..MountOptions::default()
-        },
-    )
-    .with_context(|| {
+    let readers = Arc::new(Prefetcher::new(
+        source.clone(),
+        None,
+        PrefetchConfig::default(),
+    ));
+    let mount = Mount::start(&rt, source, readers, metrics.clone(), config).with_context(|| {
         format!(
             "mounting at {} (needs /dev/fuse; run as root or install fuse3)",
             mp.display()
         )
     })?;
-    let mut session = session;
-    let mut unmounter = fuse::unmounter(&mut session);
-    let serving = std::thread::spawn(move || fuse::run(session));
     println!(
         "4. mounted at {} in {:.0} ms",
         mp.display(),
         t.elapsed().as_secs_f64() * 1e3
     );
-
-    let outcome =
-        exercise(&mp, &expected, &metrics, &server).and_then(|()| checkpoint(&mp, &server));
-    unmounter.unmount().context("unmounting")?;
-    let _ = serving.join();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (outcome, ended) = std::thread::scope(|scope| {
+        let serving = scope.spawn(|| {
+            let shutdown = Box::pin(async move {
+                let _ = stopped.await;
+            });
+            mount.run(&rt, shutdown, Drain::default(), &|_| {})
+        });
+        let outcome =
+            exercise(&mp, &expected, &metrics, &server).and_then(|()| checkpoint(&mp, &server));
+        let _ = stop.send(());
+        (outcome, serving.join())
+    });
+    let ended = ended
+        .map_err(|_| anyhow::anyhow!("the mount's thread panicked"))?
+        .context("serving the mount")?;
     if a.mountpoint.is_none() {
         let _ = std::fs::remove_dir(&mp);
     }
     outcome?;
-    println!("8. unmounted. Demo OK.");
+    println!(
+        "8. unmounted: {}. Demo OK.",
+        ended.outcome.as_deref().unwrap_or("read-only")
+    );
     Ok(())
 }
 

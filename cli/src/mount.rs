@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pai_mount_fs::fs::{Fs, FsConfig};
-use pai_mount_fs::fuse::{self, MountOptions};
-use pai_mount_fs::manifest::{self, BuildOptions, Origin};
+use pai_mount_fs::fuse::MountOptions;
+use pai_mount_fs::manifest::BuildOptions;
 use pai_mount_fs::metrics::Metrics;
+use pai_mount_fs::mount::{Mount, MountConfig};
 use pai_mount_fs::mountpoint;
-use pai_mount_fs::namespace::Namespace;
 use pai_mount_fs::object::credentials::home_dir;
-use pai_mount_fs::write::{WriteBack, WriteConfig};
+use pai_mount_fs::write::WriteConfig;
 
 use crate::args::{MountArgs, UnmountArgs};
 use crate::status::{self, DaemonStatus};
@@ -204,8 +204,10 @@ fn daemonize(a: &MountArgs) -> anyhow::Result<()> {
 
 /// Mounts and serves until unmounted. Reports readiness or the failure on `ready`.
 fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
-    let result = start(&a, ready.as_ref());
-    let (session, fs, rt, refresh) = match result {
+    let rt = crate::runtime()?;
+    let metrics = Arc::new(Metrics::default());
+    let started = start(&a, &rt, metrics, ready.as_ref());
+    let (mount, live) = match started {
         Ok(v) => v,
         Err(e) => {
             if let Some(r) = ready.as_mut() {
@@ -219,66 +221,7 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     if let Some(dir) = status_file.parent() {
         status::clean_up(dir, status::KEEP_ENDED);
     }
-    let lazy = Arc::new(AtomicBool::new(false));
-    let mut session = session;
-    let mut unmounter = fuse::unmounter(&mut session);
-    let lazy_flag = lazy.clone();
-    let busy_mp = mp.clone();
-    rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::user_defined1()),
-        ) else {
-            return;
-        };
-        // SIGUSR1 (sent by `unmount --lazy`): leave pending uploads to the next mount.
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = usr1.recv() => {
-                    tracing::info!("asked to leave pending uploads to the next mount");
-                    lazy_flag.store(true, Ordering::Release);
-                }
-            }
-        }
-        tracing::info!("signal received, unmounting");
-        if let Err(e) = unmounter.unmount() {
-            // Busy (a shell in it, an open file): detach it, so the service can stop. The
-            // mount leaves the namespace now and ends when its last open file is closed.
-            tracing::warn!("unmount failed ({e}); detaching the mount point instead");
-            if let Err(e) = mountpoint::unmount(&busy_mp, true) {
-                tracing::error!("detaching failed too: {e}");
-            }
-        }
-    });
-    if let Some(task) = refresh {
-        rt.spawn(task);
-    }
-    let saver = (fs.write_back().is_some() && !a.write.manifest_interval.is_zero()).then(|| {
-        let (fs, every) = (fs.clone(), a.write.manifest_interval);
-        rt.spawn(async move {
-            let mut saved = 0;
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let changes = fs.metrics().namespace_changes.load(Ordering::Relaxed);
-                if changes == saved {
-                    continue;
-                }
-                match fs.save_manifest().await {
-                    Ok(len) => {
-                        saved = changes;
-                        tracing::info!(bytes = len, "saved the manifest");
-                    }
-                    Err(e) => tracing::warn!("saving the manifest failed, retrying later: {e}"),
-                }
-            }
-        })
-    });
+    let fs = mount.fs().clone();
     let report = {
         let (fs, a_source, mp, cache_dir) = (
             fs.clone(),
@@ -334,38 +277,64 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
             }
         })
     };
-    tracing::info!(mountpoint = %a.mountpoint.display(), "mount is live");
-    let run = fuse::run(session);
-    if let Some(n) = &notifier {
-        n.send(&format!(
-            "STOPPING=1\n{}",
-            crate::systemd::status("unmounted; finishing uploads")
-        ));
-    }
-    ticker.abort();
-    if let Some(s) = saver {
-        s.abort();
-    }
-    // Blocks fetched by the last reads are still being written to the disk cache; stopping the
-    // runtime would drop them, and the next mount would fetch them again.
-    rt.block_on(fs.settle(Duration::from_secs(10)));
-    let outcome = fs.write_back().map(|wb| {
-        let drain = Drain {
-            lazy: lazy.load(Ordering::Acquire),
-            timeout: a.drain_timeout,
-        };
-        finish_uploads(&rt, &fs, wb, drain, &|s| {
-            status::write(&status_file, &report("draining", Some(s.to_string())));
-            if let Some(n) = &notifier {
-                n.send(&crate::systemd::status(s));
+    // SIGTERM and SIGINT unmount; SIGUSR1 (sent by `unmount --lazy`) leaves pending uploads to
+    // the next mount.
+    let drain = pai_mount_fs::mount::Drain {
+        lazy: Arc::new(AtomicBool::new(false)),
+        timeout: a.drain_timeout,
+    };
+    let shutdown = {
+        let lazy = drain.lazy.clone();
+        let _guard = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined1()),
+        );
+        Box::pin(async move {
+            let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = signals else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = usr1.recv() => {
+                        tracing::info!("asked to leave pending uploads to the next mount");
+                        lazy.store(true, Ordering::Release);
+                    }
+                }
             }
+            tracing::info!("signal received");
         })
+    };
+    let stopping = AtomicBool::new(false);
+    let say_stopping = |detail: &str| {
+        if let Some(n) = &notifier {
+            if !stopping.swap(true, Ordering::AcqRel) {
+                n.send(&format!(
+                    "STOPPING=1\n{}",
+                    crate::systemd::status("unmounted; finishing uploads")
+                ));
+            }
+            if !detail.is_empty() {
+                n.send(&crate::systemd::status(detail));
+            }
+        }
+    };
+    let ended = mount.run(&rt, shutdown, drain, &|line| {
+        say_stopping(line);
+        status::write(&status_file, &report("draining", Some(line.to_string())));
     });
-    fs.metrics().log();
+    say_stopping("");
+    ticker.abort();
+    drop(live);
+    let outcome = ended.as_ref().ok().and_then(|e| e.outcome.clone());
     status::write(&status_file, &report("exited", outcome));
     tracing::info!("unmounted");
     rt.shutdown_timeout(Duration::from_secs(2));
-    run.context("FUSE session")
+    ended.map(|_| ()).context("FUSE session")
 }
 
 /// The status line of a mount's uploads (systemd's `STATUS=`).
@@ -384,93 +353,6 @@ fn uploads_line(w: Option<&pai_mount_fs::write::WriteStatus>) -> String {
             w.failed.len()
         ),
     }
-}
-
-/// How the uploads pending at unmount are treated.
-struct Drain {
-    /// Leave them all to the next mount (`unmount --lazy`).
-    lazy: bool,
-    /// Wait at most this long for them (`--drain-timeout`).
-    timeout: Option<Duration>,
-}
-
-/// After the kernel unmount: waits for pending uploads (unless lazy; within the drain timeout),
-/// then saves the namespace as the prefix's manifest. Returns a one-line outcome.
-fn finish_uploads(
-    rt: &tokio::runtime::Runtime,
-    fs: &Arc<Fs>,
-    wb: &Arc<WriteBack>,
-    drain: Drain,
-    progress: &dyn Fn(&str),
-) -> String {
-    let s = if drain.lazy {
-        wb.stop();
-        wb.status()
-    } else {
-        let mut last_log = std::time::Instant::now();
-        let waiting = wb.drain(|s| {
-            let line = format!(
-                "uploading: {} files ({}) left",
-                s.pending_files,
-                status::mib(s.pending_bytes)
-            );
-            progress(&line);
-            if last_log.elapsed() > Duration::from_secs(5) {
-                tracing::info!("{line}");
-                last_log = std::time::Instant::now();
-            }
-        });
-        let drained = rt.block_on(async {
-            match drain.timeout {
-                Some(t) => tokio::time::timeout(t, waiting).await.ok(),
-                None => Some(waiting.await),
-            }
-        });
-        drained.unwrap_or_else(|| {
-            tracing::warn!(
-                "uploads still pending after the drain timeout; they stay in the journal for the next mount"
-            );
-            wb.stop();
-            wb.status()
-        })
-    };
-    let mut outcome = if s.pending_files > 0 {
-        format!(
-            "left {} uploads ({}) in the journal for the next mount",
-            s.pending_files,
-            status::mib(s.pending_bytes)
-        )
-    } else {
-        format!(
-            "all uploads finished ({} files, {})",
-            s.uploaded_files,
-            status::mib(s.uploaded_bytes)
-        )
-    };
-    if !s.failed.is_empty() {
-        outcome += &format!(
-            "; {} uploads failed and stay in the journal (pai-mount status shows them)",
-            s.failed.len()
-        );
-    }
-    if wb.is_dirty() {
-        match rt.block_on(fs.save_manifest()) {
-            Ok(len) => {
-                tracing::info!(bytes = len, "saved the manifest");
-                if s.pending_files == 0 && s.failed.is_empty() {
-                    if let Err(e) = wb.clear_dirty() {
-                        tracing::warn!("clearing the dirty marker: {e}");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!("saving the manifest failed; the next mount lists the prefix: {e}");
-                outcome += "; the manifest was not saved (the next mount lists the prefix)";
-            }
-        }
-    }
-    tracing::info!("{outcome}");
-    outcome
 }
 
 /// Bytes in files under `dir` (the disk cache's size, for status).
@@ -492,17 +374,17 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-type Started = (
-    fuse::Session,
-    Arc<Fs>,
-    tokio::runtime::Runtime,
-    Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
-);
-
 /// The parts of a live mount the metrics endpoint samples.
 type Live = (Arc<Fs>, Option<Arc<pai_mount_fs::cache::DiskCache>>);
 
-fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Started> {
+/// Turns the arguments into a [`MountConfig`], starts the metrics endpoint, connects to the
+/// store and starts the mount.
+fn start(
+    a: &MountArgs,
+    rt: &tokio::runtime::Runtime,
+    metrics: Arc<Metrics>,
+    notices: Option<&std::fs::File>,
+) -> anyhow::Result<(Mount, Arc<std::sync::OnceLock<Live>>)> {
     let mp = mountpoint::check(&a.mountpoint)?;
     let mut fs_config = FsConfig {
         ttl: a.metadata_ttl,
@@ -511,19 +393,17 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
             .unwrap_or(pai_mount_fs::fs::DEFAULT_READ_TIMEOUT),
         ..FsConfig::default()
     };
-    let mut mount_options = MountOptions {
+    let mut fuse_options = MountOptions {
         threads: a.threads,
         fs_name: a.store.source.clone(),
         read_only: false,
         passthrough: !a.write.no_passthrough,
         ..MountOptions::default()
     };
-    parse_options(&a.options, &mut fs_config, &mut mount_options)?;
+    parse_options(&a.options, &mut fs_config, &mut fuse_options)?;
     if let Some(r) = a.refresh {
         fs_config.ttl = fs_config.ttl.min(r);
     }
-    let rt = crate::runtime()?;
-    let metrics = Arc::new(Metrics::default());
     // What the metrics endpoint samples from the live mount, once it exists.
     let live: Arc<std::sync::OnceLock<Live>> = Arc::default();
     if let Some(addr) = a.metrics_addr {
@@ -549,7 +429,7 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
                 ("mountpoint", &mp.to_string_lossy()),
             ],
         );
-        let bound = crate::exporter::start(&rt, addr, registry)?;
+        let bound = crate::exporter::start(rt, addr, registry)?;
         tracing::info!("metrics at http://{bound}/metrics");
     }
     let source = rt.block_on(crate::store::connect_with(
@@ -563,14 +443,10 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
             }
         },
     ))?;
-    let build = BuildOptions {
-        concurrency: a.list_concurrency,
-    };
-    let writable = !(a.write.read_only || mount_options.read_only);
-    mount_options.read_only = !writable;
-    let write_back = if writable {
+    let writable = !(a.write.read_only || fuse_options.read_only);
+    let write = writable.then(|| {
         let dir = staging_dir(a, &source.source().display_root());
-        let config = WriteConfig {
+        WriteConfig {
             part_size: a.write.upload_part_size,
             upload_files: a.write.upload_files,
             upload_parts: a.write.upload_parts,
@@ -578,125 +454,25 @@ fn start(a: &MountArgs, notices: Option<&std::fs::File>) -> anyhow::Result<Start
             max_attempts: a.write.upload_attempts.max(1),
             retry_delay: a.write.upload_retry_delay,
             early_upload: a.write.early_upload,
-            ..WriteConfig::new(dir.clone())
-        };
-        let _guard = rt.enter();
-        let mut next = pai_mount_fs::fs::OVERLAY_INO;
-        let (wb, recovery) = WriteBack::open(config, source.clone(), metrics.clone(), || {
-            next += 1;
-            next
-        })
-        .with_context(|| format!("opening the staging directory {}", dir.display()))?;
-        if !recovery.nodes.is_empty() {
-            tracing::warn!(
-                files = recovery.nodes.len(),
-                "resuming uploads a previous mount left in the journal"
-            );
+            ..WriteConfig::new(dir)
         }
-        for r in &recovery.foreign {
-            tracing::warn!(source = %r.source, key = %r.key, "a pending upload of another source stays in the journal; mount that source with this staging directory to finish it");
-        }
-        if recovery.damaged > 0 {
-            tracing::error!(records = recovery.damaged, "damaged journal records were set aside (see pai-mount status and docs/SEMANTICS.md)");
-        }
-        if recovery.orphans > 0 {
-            tracing::info!(
-                files = recovery.orphans,
-                "removed staging files of writes that were never closed"
-            );
-        }
-        Some((wb, recovery))
-    } else {
-        None
-    };
-    let unsaved = write_back
-        .as_ref()
-        .is_some_and(|(_, r)| r.unsaved_namespace);
-    let (ns, origin) = if unsaved {
-        let why =
-            "the previous mount of this source changed it and ended without saving its manifest"
-                .to_string();
-        tracing::warn!("{why}; listing the prefix instead of loading the stored manifest");
-        let (header, entries) =
-            rt.block_on(manifest::build(&source, &build, &Default::default()))?;
-        let ns = Namespace::from_entries(&entries, header.built_at_ms);
-        (ns, Origin::Listed { header, why })
-    } else {
-        rt.block_on(manifest::load_or_list(&source, &build))?
-    };
-    log_namespace(&ns, &origin);
-    // The manifest bytes and listing pages are gone; hand their pages back to the system so
-    // the daemon's resident size reflects what it holds.
-    // SAFETY: malloc_trim only releases free heap memory; it has no other effect.
-    unsafe { libc::malloc_trim(0) };
+    });
     let readers = crate::store::prefetcher(&source, &a.cache, metrics.clone())?;
     let disk_cache = readers.cache().cloned();
-    let mut fs = Fs::new(ns, Arc::new(readers), fs_config, metrics);
-    if let Some((wb, recovery)) = write_back {
-        fs = fs.with_write_back(wb, recovery.nodes);
-    }
-    let fs = Arc::new(fs);
-    let _ = live.set((fs.clone(), disk_cache));
-    let session = fuse::mount(fs.clone(), rt.handle().clone(), &mp, &mount_options)
-        .with_context(|| format!("mounting at {}", mp.display()))?;
-    let refresh = a.refresh.map(|every| {
-        let fs = fs.clone();
-        let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-            Box::pin(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    match manifest::build(&source, &build, &Default::default()).await {
-                        Ok((header, entries)) => {
-                            let ns = Namespace::from_entries(&entries, header.built_at_ms);
-                            let generation = fs.swap(ns);
-                            tracing::info!(
-                                generation,
-                                objects = header.object_count,
-                                "refreshed the namespace"
-                            );
-                        }
-                        Err(e) => {
-                            tracing::warn!("refresh failed, keeping the current namespace: {e}")
-                        }
-                    }
-                }
-            });
-        task
-    });
-    Ok((session, fs, rt, refresh))
-}
-
-pub(crate) fn log_namespace(ns: &Namespace, origin: &Origin) {
-    let how = match origin {
-        Origin::Stored(_) => "stored manifest".to_string(),
-        Origin::Listed { why, .. } => format!("listing ({why})"),
+    let config = MountConfig {
+        mountpoint: mp,
+        fs: fs_config,
+        fuse: fuse_options,
+        write,
+        build: BuildOptions {
+            concurrency: a.list_concurrency,
+        },
+        refresh: a.refresh,
+        manifest_interval: a.write.manifest_interval,
     };
-    tracing::info!(
-        files = ns.file_count(),
-        dirs = ns.dir_count(),
-        bytes = ns.total_bytes(),
-        memory_bytes = ns.heap_bytes(),
-        from = %how,
-        "namespace ready"
-    );
-    let s = ns.skipped();
-    if s.total() > 0 {
-        tracing::warn!(
-            dot_segment = s.dot_segment,
-            empty_segment = s.empty_segment,
-            name_too_long = s.name_too_long,
-            invalid_utf8 = s.invalid_utf8,
-            control_char = s.control_char,
-            shadowed = s.shadowed,
-            "skipped {} keys that cannot be file names (see docs/SEMANTICS.md)",
-            s.total()
-        );
-        for (key, why) in &ns.skipped_examples {
-            tracing::warn!(key = %key, reason = why, "skipped key");
-        }
-    }
+    let mount = Mount::start(rt, source, Arc::new(readers), metrics, config)?;
+    let _ = live.set((mount.fs().clone(), disk_cache));
+    Ok((mount, live))
 }
 
 pub fn unmount(a: UnmountArgs) -> anyhow::Result<()> {

@@ -13,6 +13,8 @@
 //! - [`buf`]: aligned block buffers and the bounded pool that recycles them.
 //! - [`cache`]: the persistent, checksummed local-disk block cache and its I/O engines.
 //! - [`fuse`]: the `fuser` adapter, the only module that knows fuser types.
+//! - [`mount`]: a mount's life, start to finish: staging journal, namespace, FUSE session,
+//!   refresh, periodic manifest saves, and the shutdown order (settle, drain, save).
 //! - [`error`]: the filesystem errors and their errno mapping (the only place errno appears).
 //! - `dirlock`: one daemon per cache or staging directory (a briefly retried `flock`).
 
@@ -22,6 +24,7 @@ mod dirlock;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod mount;
 pub mod mountpoint;
 pub mod prefetch;
 pub mod reader;
