@@ -29,7 +29,7 @@ pub fn run(a: CpArgs) -> anyhow::Result<()> {
     crate::init_logging("warn");
     let rt = crate::runtime()?;
     let metrics = Arc::new(Metrics::default());
-    crate::exporter::start_for_command(&rt, a.metrics_addr, &metrics, &a.store.source, "cp")?;
+    pai_exporter::start_for_command(&rt, a.metrics_addr, &metrics, &a.store.source, "cp")?;
     rt.block_on(async {
         let source = crate::store::connect(&a.store, metrics.clone()).await?;
         let options = CopyOptions {

@@ -4,7 +4,6 @@ mod args;
 mod config;
 mod cp;
 mod demo;
-mod exporter;
 mod logfile;
 mod manifest_cmd;
 mod mount;

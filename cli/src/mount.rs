@@ -421,15 +421,15 @@ fn start(
                 ])
             }
         };
-        let registry = crate::exporter::registry(
-            metrics.clone(),
+        let registry = pai_exporter::registry(
+            pai_exporter::Source::One(metrics.clone()),
             Box::new(sampled),
             &[
                 ("source", &a.store.source),
                 ("mountpoint", &mp.to_string_lossy()),
             ],
         );
-        let bound = crate::exporter::start(rt, addr, registry)?;
+        let bound = pai_exporter::start(rt, addr, registry)?;
         tracing::info!("metrics at http://{bound}/metrics");
     }
     let source = rt.block_on(crate::store::connect_with(

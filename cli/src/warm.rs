@@ -32,7 +32,7 @@ fn warm_source(a: &WarmArgs) -> anyhow::Result<()> {
     }
     let rt = crate::runtime()?;
     let metrics = Arc::new(Metrics::default());
-    crate::exporter::start_for_command(&rt, a.metrics_addr, &metrics, &a.store.source, "warm")?;
+    pai_exporter::start_for_command(&rt, a.metrics_addr, &metrics, &a.store.source, "warm")?;
     rt.block_on(async {
         let source = crate::store::connect(&a.store, metrics.clone()).await?;
         let prefetcher = Arc::new(crate::store::prefetcher(&source, &a.cache, metrics.clone())?);

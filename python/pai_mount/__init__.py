@@ -14,7 +14,7 @@ the CLI's credential chain (environment, ossfs password files, ECS RAM role).
 
 from typing import Any
 
-from ._native import __version__
+from ._native import __version__, serve_metrics
 from ._errors import (
     CorruptError,
     CredentialsError,
@@ -58,6 +58,7 @@ __all__ = [
     "build_manifest",
     "build_tar_index",
     "copy",
+    "serve_metrics",
     "ObjectReader",
     "ObjectWriter",
     "Error",

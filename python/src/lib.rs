@@ -124,6 +124,58 @@ fn shuffle_of(shuffle: &str, block_size: Option<u64>) -> PyResult<Shuffle> {
     }
 }
 
+/// The metrics of every dataset, stream and copy this process opened (weak references: a dropped
+/// one's go away), for [`serve_metrics`]. A forked child starts with none of its parent's.
+fn tracked() -> std::sync::MutexGuard<'static, (u32, Vec<std::sync::Weak<Metrics>>)> {
+    static TRACKED: Mutex<(u32, Vec<std::sync::Weak<Metrics>>)> = Mutex::new((0, Vec::new()));
+    let mut guard = TRACKED.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    if guard.0 != pid {
+        *guard = (pid, Vec::new());
+    }
+    guard
+}
+
+fn track(metrics: &Arc<Metrics>) {
+    let mut t = tracked();
+    t.1.retain(|w| w.strong_count() > 0);
+    t.1.push(Arc::downgrade(metrics));
+}
+
+/// Serves this process's metrics (every dataset, stream and copy it opened, summed) at
+/// `http://ADDR/metrics` for Prometheus. Returns that URL. Call it once per process: in a
+/// DataLoader worker, from `worker_init_fn` with a port of its own.
+#[pyfunction]
+fn serve_metrics(addr: &str) -> PyResult<String> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
+        to_py(LoadError::Invalid {
+            why: format!("{addr:?} is not an address like 127.0.0.1:9464: {e}"),
+        })
+    })?;
+    let rt = runtime()?;
+    let all = || {
+        tracked()
+            .1
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect::<Vec<_>>()
+    };
+    let pid = std::process::id().to_string();
+    let registry = pai_exporter::registry(
+        pai_exporter::Source::Many(Box::new(all)),
+        Box::new(|| None),
+        &[("command", "loader"), ("pid", &pid)],
+    );
+    let bound = pai_exporter::start(rt, addr, registry).map_err(|e| {
+        to_py(LoadError::Unavailable {
+            url: String::new(),
+            key: None,
+            why: e.to_string(),
+        })
+    })?;
+    Ok(format!("http://{bound}/metrics"))
+}
+
 /// The runtime of this process for object streams and manifest builds (a forked child makes
 /// its own and never touches its parent's).
 fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
@@ -159,13 +211,10 @@ fn connect(
     url: &str,
     options: &StoreOptions,
 ) -> Result<ObjectSource, LoadError> {
-    rt.block_on(ObjectSource::connect(
-        source,
-        options,
-        &ProcessEnv,
-        Arc::new(Metrics::default()),
-    ))
-    .map_err(|e| LoadError::from_source(url, e))
+    let metrics = Arc::new(Metrics::default());
+    track(&metrics);
+    rt.block_on(ObjectSource::connect(source, options, &ProcessEnv, metrics))
+        .map_err(|e| LoadError::from_source(url, e))
 }
 
 /// A dataset: the samples under a prefix, from its manifest.
@@ -193,6 +242,7 @@ impl PyDataset {
             tar_shards: tar,
         };
         let ds = py.detach(|| Dataset::open(&url, options)).map_err(to_py)?;
+        track(ds.metrics());
         Ok(Self {
             inner: Arc::new(ds),
         })
@@ -201,8 +251,10 @@ impl PyDataset {
     /// The same dataset for a forked child: shares the sample table, builds its own
     /// connections, never touches the parent's.
     fn for_this_process(&self) -> Self {
+        let ds = self.inner.for_this_process();
+        track(ds.metrics());
         Self {
-            inner: Arc::new(self.inner.for_this_process()),
+            inner: Arc::new(ds),
         }
     }
 
@@ -683,5 +735,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(build_tar_index, m)?)?;
     m.add_function(wrap_pyfunction!(copy, m)?)?;
+    m.add_function(wrap_pyfunction!(serve_metrics, m)?)?;
     Ok(())
 }

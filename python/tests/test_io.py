@@ -117,3 +117,20 @@ def test_a_copy_that_cannot_finish_raises_with_the_counts(server, tmp_path):
     assert "b.bin" in str(e.value)
     report = pm.copy("s3://bkt/cpfail", tmp_path / "out", check=False, **server.store())
     assert report["skipped"] == 1 and report["failed"] == 1
+
+
+def test_serve_metrics_exposes_the_process_loaders_to_prometheus(server, dataset_url):
+    import urllib.request
+
+    ds = pm.Dataset(dataset_url, **server.store())
+    url = pm.serve_metrics("127.0.0.1:0")
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+    for i in range(5):
+        ds[i]
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    line = next(l for l in text.splitlines() if l.startswith("pai_mount_object_get_requests_total{"))
+    assert 'command="loader"' in line and f'pid="{os.getpid()}"' in line
+    assert int(line.rsplit(" ", 1)[1]) >= 5
+    assert "pai_mount_object_get_first_byte_seconds_bucket" in text
+    with pytest.raises(pm.InvalidArgumentError):
+        pm.serve_metrics("not an address")

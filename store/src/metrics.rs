@@ -75,20 +75,31 @@ pub enum Value<'a> {
     Histogram(&'a Histogram),
 }
 
-/// How a field of [`Metrics`] is read.
-trait Read {
+/// How a field of [`Metrics`] is read, and added to another's.
+trait Field {
     fn value(&self) -> Value<'_>;
+    fn absorb(&self, other: &Self);
 }
 
-impl Read for AtomicU64 {
+impl Field for AtomicU64 {
     fn value(&self) -> Value<'_> {
         Value::Number(self.load(Ordering::Relaxed))
     }
+    fn absorb(&self, other: &Self) {
+        self.fetch_add(other.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
-impl Read for Histogram {
+impl Field for Histogram {
     fn value(&self) -> Value<'_> {
         Value::Histogram(self)
+    }
+    fn absorb(&self, other: &Self) {
+        for (mine, theirs) in self.counts.iter().zip(&other.counts) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(other.sum_micros.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -141,7 +152,16 @@ macro_rules! metrics {
         impl Metrics {
             /// Every metric's value, in the order of [`ALL`].
             pub fn values(&self) -> Vec<Value<'_>> {
-                vec![ $( Read::value(&self.$field), )+ ]
+                vec![ $( Field::value(&self.$field), )+ ]
+            }
+
+            /// Adds every value of `other` to this one's (gauges too: a sum over processes or
+            /// datasets).
+            pub fn absorb(&self, other: &Self) {
+                $( Field::absorb(&self.$field, &other.$field); )+
+                for op in FuseOp::ALL {
+                    Field::absorb(self.fuse_ops.of(op), other.fuse_ops.of(op));
+                }
             }
         }
     };

@@ -1,8 +1,9 @@
-//! The Prometheus endpoint of a mount: `GET /metrics` on `--metrics-addr`, in the OpenMetrics
-//! text format: every metric of `pai_mount_fs::metrics::ALL` (counters, gauges, latency
-//! histograms), the FUSE operation latency histograms labelled `op`, and the gauges sampled
-//! from the live mount (`SAMPLED`), each with the labels `source` and `mountpoint` (one endpoint
-//! per mount).
+//! The Prometheus endpoint of pai-mount's processes (the mount daemon, `cp`, `warm`, and the
+//! Python loader): `GET /metrics` in the OpenMetrics text format, with every metric of
+//! `pai_store::metrics::ALL` (counters, gauges, latency histograms), the FUSE operation latency
+//! histograms labelled `op`, and, for a mount, the gauges sampled from it (`SAMPLED`). The
+//! labels given to [`registry`] go on every sample. Values come from one [`Metrics`] or, for a
+//! process with several datasets, the sum of all of them ([`Source`]).
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] connections are served at once (more wait in the
 //! kernel's accept queue), and a client gets [`HEADER_TIMEOUT`] to send its request headers.
@@ -12,11 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use pai_mount_fs::metrics::{
+use pai_store::metrics::{
     Descriptor, FuseOp, Histogram, Kind, Metrics, Value, ALL, FUSE_OP_SECONDS, SAMPLED,
 };
 use prometheus_client::collector::Collector;
@@ -37,9 +37,16 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// the mount exists).
 pub type Sampler = Box<dyn Fn() -> Option<Vec<u64>> + Send + Sync>;
 
-/// Reads [`Metrics`] and the sampler at each scrape.
+/// Where the values come from at each scrape.
+pub enum Source {
+    One(Arc<Metrics>),
+    /// Summed over all of them.
+    Many(Box<dyn Fn() -> Vec<Arc<Metrics>> + Send + Sync>),
+}
+
+/// Reads the metrics and the sampler at each scrape.
 struct Collected {
-    metrics: Arc<Metrics>,
+    source: Source,
     sampled: Sampler,
 }
 
@@ -76,7 +83,17 @@ fn encode_number(
 
 impl Collector for Collected {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (d, value) in ALL.iter().zip(self.metrics.values()) {
+        let metrics = match &self.source {
+            Source::One(m) => m.clone(),
+            Source::Many(all) => {
+                let total = Arc::new(Metrics::default());
+                for m in all() {
+                    total.absorb(&m);
+                }
+                total
+            }
+        };
+        for (d, value) in ALL.iter().zip(metrics.values()) {
             match value {
                 Value::Number(n) => encode_number(d, n, &mut encoder)?,
                 Value::Histogram(h) => encode_histogram(
@@ -95,7 +112,7 @@ impl Collector for Collected {
         let mut family = encoder.encode_descriptor(&name, &help(d), None, MetricType::Histogram)?;
         for op in FuseOp::ALL {
             let labels = [("op", op.name())];
-            encode_histogram(self.metrics.fuse_ops.of(op), family.encode_family(&labels)?)?;
+            encode_histogram(metrics.fuse_ops.of(op), family.encode_family(&labels)?)?;
         }
         if let Some(values) = (self.sampled)() {
             for (d, v) in SAMPLED.iter().zip(values) {
@@ -108,13 +125,13 @@ impl Collector for Collected {
 
 /// The registry of one process's metrics, with `labels` on every sample (`source`, and
 /// `mountpoint` for a mount or `command` for `cp` and `warm`).
-pub fn registry(metrics: Arc<Metrics>, sampled: Sampler, labels: &[(&str, &str)]) -> Registry {
+pub fn registry(source: Source, sampled: Sampler, labels: &[(&str, &str)]) -> Registry {
     let labels: Vec<(Cow<'static, str>, Cow<'static, str>)> = labels
         .iter()
         .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
         .collect();
     let mut registry = Registry::with_labels(labels.into_iter());
-    registry.register_collector(Box::new(Collected { metrics, sampled }));
+    registry.register_collector(Box::new(Collected { source, sampled }));
     registry
 }
 
@@ -134,10 +151,10 @@ pub fn start_for_command(
     metrics: &Arc<Metrics>,
     source: &str,
     command: &str,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     if let Some(addr) = addr {
         let registry = registry(
-            metrics.clone(),
+            Source::One(metrics.clone()),
             Box::new(|| None),
             &[("source", source), ("command", command)],
         );
@@ -153,10 +170,10 @@ pub fn start(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
     registry: Registry,
-) -> anyhow::Result<SocketAddr> {
+) -> std::io::Result<SocketAddr> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(addr))
-        .with_context(|| format!("serving metrics on {addr}"))?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("serving metrics on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
     let registry = Arc::new(registry);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -226,7 +243,7 @@ mod tests {
         drop(m.time(FuseOp::Lookup));
         let sampled: Sampler = Box::new(|| Some(vec![3, 4096, 0, 10, 1]));
         let text = render(&registry(
-            m,
+            Source::One(m),
             sampled,
             &[("source", "s3://bkt/p"), ("mountpoint", "/mnt/data")],
         ));
