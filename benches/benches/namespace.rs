@@ -141,19 +141,9 @@ fn with_mount<T>(
         PrefetchConfig::default(),
     ));
     let mount = Mount::start(&e.rt, source, readers, metrics, config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::scope(|scope| {
-        let serving = scope.spawn(|| {
-            let shutdown = Box::pin(async move {
-                let _ = stopped.await;
-            });
-            mount.run(&e.rt, shutdown, Drain::default(), &|_| {})
-        });
-        let out = f(dir.path());
-        let _ = stop.send(());
-        serving.join().unwrap().unwrap();
-        out
-    })
+    let (out, ended) = mount.serve_while(&e.rt, Drain::default(), || f(dir.path()));
+    ended.unwrap();
+    out
 }
 
 fn time_cmd(args: &[&str]) -> Duration {

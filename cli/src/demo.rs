@@ -148,22 +148,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         mp.display(),
         t.elapsed().as_secs_f64() * 1e3
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (outcome, ended) = std::thread::scope(|scope| {
-        let serving = scope.spawn(|| {
-            let shutdown = Box::pin(async move {
-                let _ = stopped.await;
-            });
-            mount.run(&rt, shutdown, Drain::default(), &|_| {})
-        });
-        let outcome =
-            exercise(&mp, &expected, &metrics, &server).and_then(|()| checkpoint(&mp, &server));
-        let _ = stop.send(());
-        (outcome, serving.join())
+    let (outcome, ended) = mount.serve_while(&rt, Drain::default(), || {
+        exercise(&mp, &expected, &metrics, &server).and_then(|()| checkpoint(&mp, &server))
     });
-    let ended = ended
-        .map_err(|_| anyhow::anyhow!("the mount's thread panicked"))?
-        .context("serving the mount")?;
+    let ended = ended.context("serving the mount")?;
     if a.mountpoint.is_none() {
         let _ = std::fs::remove_dir(&mp);
     }

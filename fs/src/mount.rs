@@ -230,6 +230,33 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Serves the mount on another thread while `f` runs on this one; then unmounts and
+    /// finishes as [`Mount::run`] does (the demo, benches and tests use it).
+    pub fn serve_while<T>(
+        self,
+        rt: &tokio::runtime::Runtime,
+        drain: Drain,
+        f: impl FnOnce() -> T,
+    ) -> (T, std::io::Result<Ended>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::scope(|scope| {
+            let serving = scope.spawn(|| {
+                let shutdown = Box::pin(async move {
+                    let _ = stopped.await;
+                });
+                self.run(rt, shutdown, drain, &|_| {})
+            });
+            let out = f();
+            let _ = stop.send(());
+            let ended = serving
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the mount's thread panicked")));
+            (out, ended)
+        })
+    }
+}
+
 /// Re-lists the prefix every `every` and swaps the new tree in.
 async fn refresh(fs: Arc<Fs>, source: ObjectSource, build: BuildOptions, every: Duration) {
     let mut tick = tokio::time::interval(every);
