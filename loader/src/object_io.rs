@@ -11,6 +11,12 @@
 //! sequential again, so the central-directory seeks of a zip (`torch.load`) do not start
 //! 32 MiB of prefetch each. Memory: at most `ahead × chunk` bytes per reader.
 //!
+//! The bytes a reader returns from the first one on, in order, are hashed as they go; when they
+//! reach the end of the object, the hash is compared with the full-object checksum the store
+//! stated at open, and a mismatch fails that read with [`LoadError::Corrupt`] (so a reader that
+//! reads a whole object never gets a clean end after wrong bytes). Reads after a seek past the
+//! hashed prefix are not checked.
+//!
 //! ## Writing
 //! [`ObjectWriter`] buffers up to `part_size` bytes. An object that ends within the first part
 //! is sent with one PUT at `finish`. Otherwise the first full part starts a multipart upload,
@@ -23,6 +29,8 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
+use pai_store::metrics::Metrics;
+use pai_store::object::checksum::{FullChecksum, Hasher};
 use pai_store::object::{MultipartWriter, ObjectSource, ReadError, Source, WriteError};
 use tokio::task::JoinHandle;
 
@@ -114,6 +122,12 @@ pub struct ObjectReader {
     window: VecDeque<Chunk>,
     /// The chunk being consumed, once fetched.
     current: Option<(u64, Bytes)>,
+    /// The hash of bytes `0..hashed` as returned, while the store stated a checksum and the
+    /// reads have been in order; `None` once checked or given up.
+    hasher: Option<Hasher>,
+    hashed: u64,
+    /// Set once the bytes failed the checksum: every later read fails too.
+    corrupt: Option<String>,
 }
 
 impl ObjectReader {
@@ -124,12 +138,15 @@ impl ObjectReader {
         key: &str,
         options: ReadOptions,
     ) -> Result<Self, LoadError> {
-        let head = source.head(key).await.map_err(|e| LoadError::Unavailable {
-            url: url.to_string(),
-            key: Some(key.to_string()),
-            why: e.to_string(),
-        })?;
-        let (size, etag) = head.ok_or_else(|| LoadError::NotFound {
+        let head = source
+            .head_with_checksum(key)
+            .await
+            .map_err(|e| LoadError::Unavailable {
+                url: url.to_string(),
+                key: Some(key.to_string()),
+                why: e.to_string(),
+            })?;
+        let (size, etag, stated) = head.ok_or_else(|| LoadError::NotFound {
             url: url.to_string(),
             key: Some(key.to_string()),
             why: format!("no object at {url}"),
@@ -148,6 +165,9 @@ impl ObjectReader {
             last_end: Some(0),
             window: VecDeque::new(),
             current: None,
+            hasher: stated.filter(|_| size > 0).map(FullChecksum::hasher),
+            hashed: 0,
+            corrupt: None,
         })
     }
 
@@ -219,17 +239,58 @@ impl ObjectReader {
     /// Reads up to `len` bytes at the position into `out` (appended); fewer only at the end
     /// of the object. Returns the count.
     pub async fn read_into(&mut self, len: u64, out: &mut Vec<u8>) -> Result<u64, LoadError> {
+        if let Some(why) = &self.corrupt {
+            return Err(LoadError::Corrupt {
+                url: self.url.clone(),
+                key: self.key.clone(),
+                why: why.clone(),
+            });
+        }
         let end = self.size.min(self.pos.saturating_add(len));
         let mut done = 0;
         while self.pos < end {
             let bytes = self.bytes_at_pos(end - self.pos).await?;
             let n = (bytes.len() as u64).min(end - self.pos);
             out.extend_from_slice(&bytes[..n as usize]);
+            self.check_in_order(self.pos, &bytes[..n as usize])?;
             self.pos += n;
             self.last_end = Some(self.pos);
             done += n;
         }
         Ok(done)
+    }
+
+    /// Hashes `data`, returned from offset `at`, if it continues the hashed prefix; at the end
+    /// of the object compares with the stated checksum (see the module docs).
+    fn check_in_order(&mut self, at: u64, data: &[u8]) -> Result<(), LoadError> {
+        let Some(h) = &mut self.hasher else {
+            return Ok(());
+        };
+        let end = at + data.len() as u64;
+        if at > self.hashed || end <= self.hashed {
+            return Ok(()); // a gap (not checkable), or bytes already hashed
+        }
+        h.update(&data[(self.hashed - at) as usize..]);
+        self.hashed = end;
+        if self.hashed < self.size {
+            return Ok(());
+        }
+        let h = self.hasher.take().expect("checked above");
+        match h.verify() {
+            Ok(()) => Ok(()),
+            Err((stated, computed)) => {
+                Metrics::add(&self.source.metrics().checksum_mismatches, 1);
+                let why = format!(
+                    "the bytes read did not match the object's checksum (stated {stated}, computed {computed}); open it again"
+                );
+                self.corrupt = Some(why.clone());
+                Err(LoadError::Corrupt {
+                    url: self.url.clone(),
+                    key: self.key.clone(),
+                    why,
+                })
+            }
+        }
     }
 
     /// The fetched bytes from the position to the end of the chunk that holds it.

@@ -120,3 +120,74 @@ fn the_loader_retries_failed_and_cut_samples_and_names_a_gone_one() {
         .expect("the gone object is an error");
     assert!(err.to_string().contains("12.bin"), "{err}");
 }
+
+/// `ObjectReader` (what `pai_mount.open(url, "rb")` runs on) checks an object read front to
+/// back against the store's checksum at its end: damaged bytes fail the read that reaches the
+/// end, and every later one; a new reader reads it right.
+#[tokio::test]
+async fn a_reader_that_reads_a_whole_object_checks_it_at_the_end() {
+    use pai_loader::object_io::{ObjectReader, ReadOptions};
+    use pai_store::object::checksum::FullChecksum;
+    let store = Arc::new(InMemory::new());
+    let data = body(1, 5 << 20);
+    store
+        .put(&Path::from("ds/model.pt"), data.clone().into())
+        .await
+        .unwrap();
+    let faulty = FaultyStore::new(store);
+    faulty.state_checksums(FullChecksum::Crc64Nvme(0));
+    let metrics = Arc::new(Metrics::default());
+    let source = ObjectSource::from_store(
+        Source::parse("s3://bkt/ds").unwrap(),
+        faulty.clone() as Arc<dyn ObjectStore>,
+        metrics.clone(),
+    );
+    let options = ReadOptions {
+        chunk: 1 << 20,
+        ahead: 2,
+    };
+    let read_all = |mut r: ObjectReader| async move {
+        let mut out = Vec::new();
+        loop {
+            match r.read_into(300_000, &mut out).await {
+                Ok(0) => return (Ok(out), r),
+                Ok(_) => {}
+                Err(e) => return (Err(e), r),
+            }
+        }
+    };
+    let r = ObjectReader::open(source.clone(), "s3://bkt/ds/model.pt", "model.pt", options)
+        .await
+        .unwrap();
+    let (got, _) = read_all(r).await;
+    assert!(got.unwrap() == data);
+
+    faulty.inject(Op::Get, Fault::Corrupt { at: 2_500_000 }, None);
+    let r = ObjectReader::open(source.clone(), "s3://bkt/ds/model.pt", "model.pt", options)
+        .await
+        .unwrap();
+    let (got, mut r) = read_all(r).await;
+    match got {
+        Err(pai_loader::LoadError::Corrupt { why, .. }) => {
+            assert!(why.contains("checksum"), "{why}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("damaged bytes read to the end without an error"),
+    }
+    assert!(
+        r.read_into(10, &mut Vec::new()).await.is_err(),
+        "and stays failed"
+    );
+    assert_eq!(
+        metrics
+            .checksum_mismatches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    faulty.clear();
+    let r = ObjectReader::open(source, "s3://bkt/ds/model.pt", "model.pt", options)
+        .await
+        .unwrap();
+    assert!(read_all(r).await.0.unwrap() == data);
+}

@@ -134,3 +134,16 @@ def test_serve_metrics_exposes_the_process_loaders_to_prometheus(server, dataset
     assert "pai_mount_object_get_first_byte_seconds_bucket" in text
     with pytest.raises(pm.InvalidArgumentError):
         pm.serve_metrics("not an address")
+
+
+def test_a_damaged_read_front_to_back_raises_corrupt_at_the_end_and_a_reopen_reads_it(server):
+    data = bytes(range(256)) * (12 * 4096)  # 12 MiB: several ranged GETs
+    server.put("ckpt/damaged.pt", data)
+    url = "s3://bkt/ckpt/damaged.pt"
+    server.command("corrupt-gets 1")
+    with pm.open(url, "rb", chunk=4 << 20, ahead=2, **server.store()) as f:
+        with pytest.raises(pm.CorruptError):
+            while f.read(1 << 20):
+                pass
+    with pm.open(url, "rb", **server.store()) as f:
+        assert f.read() == data

@@ -592,6 +592,28 @@ impl ObjectSource {
         Ok(self.saw_checksum(r.extensions.get::<checksum::FullChecksum>().copied()))
     }
 
+    /// Size, ETag and the full-object checksum the store states for `rel` (one HEAD), or
+    /// `None` if it does not exist.
+    pub async fn head_with_checksum(
+        &self,
+        rel: &str,
+    ) -> Result<Option<(u64, Option<String>, Option<checksum::FullChecksum>)>, ReadError> {
+        let path = self.path(rel)?;
+        Metrics::add(&self.metrics.head_requests, 1);
+        let options = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match self.store.get_opts(&path, options).await {
+            Ok(r) => {
+                let sum = self.saw_checksum(r.extensions.get::<checksum::FullChecksum>().copied());
+                Ok(Some((r.meta.size, r.meta.e_tag.clone(), sum)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.map_error(rel, None, e)),
+        }
+    }
+
     pub async fn head(&self, rel: &str) -> Result<Option<(u64, Option<String>)>, WriteError> {
         let path = self.write_path("head", rel)?;
         Metrics::add(&self.metrics.head_requests, 1);
