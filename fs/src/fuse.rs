@@ -128,6 +128,23 @@ impl FuseAdapter {
     }
 
     /// Drops a released handle's share of its inode's passthrough registration.
+    /// Runs `fut` on the runtime (it may wait on the network) and replies with its result; the
+    /// operation is timed until the reply.
+    fn spawn_empty(
+        &self,
+        op: FuseOp,
+        ino: u64,
+        reply: ReplyEmpty,
+        fut: impl std::future::Future<Output = Result<(), FsError>> + Send + 'static,
+    ) {
+        let timer = self.fs.metrics().time(op);
+        self.rt.spawn(async move {
+            let r = fut.await;
+            reply_empty(reply, op.name(), ino, r);
+            drop(timer);
+        });
+    }
+
     fn drop_backing(&self, fh: u64) {
         let mut backing = self.backing.lock().unwrap();
         let Some(ino) = backing.by_fh.remove(&fh) else {
@@ -156,6 +173,17 @@ fn errno(e: &FsError) -> Errno {
 fn log_failure(op: &str, ino: u64, e: &FsError) {
     if !e.is_quiet() {
         tracing::warn!(op, ino, "{e}");
+    }
+}
+
+/// Replies to an operation that returns nothing: ok, or its errno (the failure logged).
+fn reply_empty(reply: ReplyEmpty, op: &str, ino: u64, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            log_failure(op, ino, &e);
+            reply.error(errno(&e))
+        }
     }
 }
 
@@ -337,18 +365,10 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let timer = self.fs.metrics().time(FuseOp::Release);
         self.drop_backing(fh.0);
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            let _timer = timer;
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_failure("release", fh.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
+        self.spawn_empty(FuseOp::Release, fh.0, reply, async move {
+            fs.release(fh.0).await
         });
     }
 
@@ -361,13 +381,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _timer = self.fs.metrics().time(FuseOp::Flush);
-        match self.rt.block_on(self.fs.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                log_failure("flush", ino.0, &e);
-                reply.error(errno(&e))
-            }
-        }
+        reply_empty(reply, "flush", ino.0, self.rt.block_on(self.fs.flush(fh.0)));
     }
 
     fn fsync(
@@ -378,18 +392,13 @@ impl fuser::Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let timer = self.fs.metrics().time(FuseOp::Fsync);
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            let _timer = timer;
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_failure("fsync", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.spawn_empty(
+            FuseOp::Fsync,
+            ino.0,
+            reply,
+            async move { fs.fsync(fh.0).await },
+        );
     }
 
     fn fallocate(
@@ -402,16 +411,9 @@ impl fuser::Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.fs.metrics().time(FuseOp::Fallocate);
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.fallocate(fh.0, offset, length, mode).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_failure("fallocate", ino.0, &e);
-                    reply.error(errno(&e))
-                }
-            }
+        self.spawn_empty(FuseOp::Fallocate, ino.0, reply, async move {
+            fs.fallocate(fh.0, offset, length, mode).await
         });
     }
 
@@ -590,24 +592,14 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timer = self.fs.metrics().time(FuseOp::Unlink);
-        match self.rt.block_on(self.fs.unlink(parent.0, name.as_bytes())) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                log_failure("unlink", parent.0, &e);
-                reply.error(errno(&e))
-            }
-        }
+        let r = self.rt.block_on(self.fs.unlink(parent.0, name.as_bytes()));
+        reply_empty(reply, "unlink", parent.0, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _timer = self.fs.metrics().time(FuseOp::Rmdir);
-        match self.rt.block_on(self.fs.rmdir(parent.0, name.as_bytes())) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                log_failure("rmdir", parent.0, &e);
-                reply.error(errno(&e))
-            }
-        }
+        let r = self.rt.block_on(self.fs.rmdir(parent.0, name.as_bytes()));
+        reply_empty(reply, "rmdir", parent.0, r);
     }
 
     fn symlink(
@@ -644,13 +636,7 @@ impl fuser::Filesystem for FuseAdapter {
             newname.as_bytes(),
             no_replace,
         ));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                log_failure("rename", parent.0, &e);
-                reply.error(errno(&e))
-            }
-        }
+        reply_empty(reply, "rename", parent.0, r);
     }
 
     // No ioctls: ENOTTY, as a regular file answers `isatty` (Python's `open` asks each time),
