@@ -345,7 +345,6 @@ pub fn apply(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
         return Ok(argv);
     }
     let explicit = flag_value(&argv[2..], "config").map(PathBuf::from);
-    let config = Config::load(explicit.as_deref())?;
     let mut rest: Vec<OsString> = argv[2..].to_vec();
     let takes_value =
         |long: &str| long == "config" || options::mount_flag(long).is_some_and(|f| f.takes_value);
@@ -355,7 +354,10 @@ pub fn apply(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
         .map(|&i| rest[i].to_string_lossy().into_owned())
         .filter(|p| !p.contains("://") && !p.contains('/'));
     if sub.as_deref() == Some("unmount") {
+        // Only a name needs the files: a damaged config never stands in the way of unmounting
+        // a path.
         if let (Some(name), 1) = (first_name, pos.len()) {
+            let config = Config::load(explicit.as_deref())?;
             if let Some(mp) = config.mounts.get(&name).and_then(|m| m.mountpoint.as_ref()) {
                 rest[pos[0]] = mp.values[0].clone().into();
             }
@@ -364,6 +366,7 @@ pub fn apply(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
         out.extend(rest);
         return Ok(out);
     }
+    let config = Config::load(explicit.as_deref())?;
     // `mount NAME`: one positional that is not a URL.
     let section = match (first_name, pos.len()) {
         (Some(name), 1) => {

@@ -308,3 +308,14 @@ fn the_sample_config_is_valid() {
     assert_eq!(c.mounts.len(), 2);
     render(&c, Some("imagenet"), None).unwrap();
 }
+
+#[test]
+fn a_damaged_config_does_not_stop_unmounting_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "bad.toml", "[defaults\n", 0o644);
+    let f = f.to_str().unwrap();
+    let got = run(&["pai-mount", "unmount", "--config", f, "/mnt/data"]).unwrap();
+    assert_eq!(got.last().unwrap(), "/mnt/data");
+    assert!(run(&["pai-mount", "unmount", "--config", f, "data"]).is_err());
+    assert!(run(&["pai-mount", "mount", "--config", f, "s3://b", "/m"]).is_err());
+}
