@@ -142,7 +142,16 @@ fn sample(text: &str, prefix: &str) -> f64 {
 /// `promtool check metrics` on `text`: scripts/test.sh puts promtool (Debian's prometheus
 /// package, unpacked) in PAI_PROMTOOL.
 fn promtool_check(text: &str) {
-    let tool = std::env::var("PAI_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let cached = std::env::var("HOME")
+        .map(|h| format!("{h}/.cache/pai-mount/tools/x/usr/bin/promtool"))
+        .unwrap_or_default();
+    let tool = std::env::var("PAI_PROMTOOL").unwrap_or_else(|_| {
+        if std::path::Path::new(&cached).exists() {
+            cached
+        } else {
+            "promtool".into()
+        }
+    });
     let mut child = match Command::new(&tool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
