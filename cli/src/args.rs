@@ -39,7 +39,7 @@ pub fn parse(argv: Vec<std::ffi::OsString>) -> Cli {
 pub enum Command {
     /// Mount a bucket prefix (daemonizes once the mount is live)
     Mount(Box<MountArgs>),
-    /// Show pending and failed uploads and the cache of one mount, or of all
+    /// Show live mounts and those with uploads left (pending or failed), or one mount in detail
     Status(StatusArgs),
     /// Unmount a mount point (also cleans up after a daemon that died)
     Unmount(UnmountArgs),
