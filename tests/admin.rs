@@ -183,16 +183,20 @@ fn promtool_check(text: &str) {
     assert!(!said.contains("text format parsing error"), "{said}");
 }
 
+/// A free loopback address: bound, then let go for the process under test.
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn a_mount_serves_its_metrics_to_prometheus() {
     let s = server();
     s.backend().put("bkt", "metrics/a.bin", vec![3u8; 300_000]);
-    // A free port: bound, then let go for the daemon.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = free_port();
     let m = mount(&s, "s3://bkt/metrics", &["--metrics-addr", &addr]);
     let before = http_get(&addr, "/metrics");
     assert!(before.starts_with("HTTP/1.1 200"), "{before}");
@@ -515,11 +519,7 @@ fn cp_and_warm_take_a_metrics_endpoint_too() {
         assert!(err.contains(&format!("serving metrics on {port}")), "{err}");
     }
     drop(taken);
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let free = free_port();
     let out = ok(cmd(
         &s,
         &[

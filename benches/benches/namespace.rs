@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use pai_mount_benches::{imagenet_keys, peak_rss, rss};
-use pai_mount_fs::fs::FsConfig;
-use pai_mount_fs::fuse::MountOptions;
 use pai_mount_fs::manifest::{self, BuildOptions, BuildProgress, Entry, Etag, Header, Manifest};
 use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::mount::{Drain, Mount, MountConfig};
@@ -126,15 +124,7 @@ fn with_mount<T>(
 ) -> T {
     let source = e.source(url, metrics.clone());
     let dir = tempfile::tempdir().unwrap();
-    let config = MountConfig {
-        mountpoint: dir.path().to_path_buf(),
-        fs: FsConfig::default(),
-        fuse: MountOptions::default(),
-        write: None,
-        build: BuildOptions::default(),
-        refresh: None,
-        manifest_interval: Duration::ZERO,
-    };
+    let config = MountConfig::new(dir.path().to_path_buf());
     let readers = Arc::new(Prefetcher::new(
         source.clone(),
         None,

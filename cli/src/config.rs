@@ -456,7 +456,7 @@ pub fn render(
         .expect("the mount subcommand exists");
     for arg in mount.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
-        if arg.is_hide_set() || ["help", "foreground", "profile", "config"].contains(&long) {
+        if options::NOT_OPTIONS.contains(&long) {
             continue;
         }
         let default = arg

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pai_mount_fs::fs::FsConfig;
-use pai_mount_fs::fuse::MountOptions;
 use pai_mount_fs::manifest::{self, BuildOptions, BuildProgress};
 use pai_mount_fs::metrics::Metrics;
 use pai_mount_fs::mount::{Drain, Mount, MountConfig};
@@ -124,13 +122,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let staging = tempfile::tempdir().context("creating a staging directory")?;
     let config = MountConfig {
-        mountpoint: mp.clone(),
-        fs: FsConfig::default(),
-        fuse: MountOptions::default(),
         write: Some(WriteConfig::new(staging.path().join("staging"))),
-        build: BuildOptions::default(),
-        refresh: None,
-        manifest_interval: Duration::ZERO,
+        ..MountConfig::new(mp.clone())
     };
     let readers = Arc::new(Prefetcher::new(
         source.clone(),

@@ -207,7 +207,7 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     let rt = crate::runtime()?;
     let metrics = Arc::new(Metrics::default());
     let started = start(&a, &rt, metrics, ready.as_ref());
-    let (mount, live) = match started {
+    let mount = match started {
         Ok(v) => v,
         Err(e) => {
             if let Some(r) = ready.as_mut() {
@@ -329,7 +329,6 @@ fn serve(a: MountArgs, mut ready: Option<std::fs::File>) -> anyhow::Result<()> {
     });
     say_stopping("");
     ticker.abort();
-    drop(live);
     let outcome = ended.as_ref().ok().and_then(|e| e.outcome.clone());
     status::write(&status_file, &report("exited", outcome));
     tracing::info!("unmounted");
@@ -384,7 +383,7 @@ fn start(
     rt: &tokio::runtime::Runtime,
     metrics: Arc<Metrics>,
     notices: Option<&std::fs::File>,
-) -> anyhow::Result<(Mount, Arc<std::sync::OnceLock<Live>>)> {
+) -> anyhow::Result<Mount> {
     let mp = mountpoint::check(&a.mountpoint)?;
     let mut fs_config = FsConfig {
         ttl: a.metadata_ttl,
@@ -472,7 +471,7 @@ fn start(
     };
     let mount = Mount::start(rt, source, Arc::new(readers), metrics, config)?;
     let _ = live.set((mount.fs().clone(), disk_cache));
-    Ok((mount, live))
+    Ok(mount)
 }
 
 pub fn unmount(a: UnmountArgs) -> anyhow::Result<()> {

@@ -63,7 +63,7 @@ pub const IGNORED: &[&str] = &[
 ];
 
 /// Long flags that are not mount options (in `-o` or a config file).
-const NOT_OPTIONS: &[&str] = &["foreground", "profile", "config", "help", "ready-fd"];
+pub const NOT_OPTIONS: &[&str] = &["foreground", "profile", "config", "help", "ready-fd"];
 
 /// Program names under which the binary is the mount(8) helper.
 const HELPER_NAMES: &[&str] = &["mount.fuse.pai-mount", "mount.pai-mount"];

@@ -157,9 +157,7 @@ pub fn proc_stat(pid: u32) -> Option<(char, u64)> {
     Some((state, started))
 }
 
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-}
+pub use pai_mount_fs::mount::mib;
 
 fn describe(s: &DaemonStatus) -> String {
     let mut out = format!("{} on {}\n", s.source, s.mountpoint.display());

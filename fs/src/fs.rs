@@ -287,12 +287,12 @@ impl Fs {
         &self.metrics
     }
 
-    /// The snapshot new lookups see.
     /// Files and directories in the current namespace snapshot.
     pub fn namespace_len(&self) -> usize {
         self.current().namespace.len()
     }
 
+    /// The snapshot new lookups see.
     pub fn current(&self) -> Arc<Snapshot> {
         self.snapshots.read().unwrap().current.clone()
     }
@@ -431,14 +431,6 @@ impl Fs {
     }
 
     pub(crate) fn target_attr(&self, t: &Target) -> Attr {
-        let mut a = self.target_attr_of(t);
-        if let Some(t) = self.atime(a.ino) {
-            a.atime = t;
-        }
-        a
-    }
-
-    fn target_attr_of(&self, t: &Target) -> Attr {
         match t {
             Target::Base { snap, node } => self.attr(snap, *node),
             Target::File(n) => {
@@ -449,7 +441,9 @@ impl Fs {
                     kind: NodeKind::File,
                     size: st.size,
                     mtime: UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64),
-                    atime: UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64),
+                    atime: self
+                        .atime(n.ino)
+                        .unwrap_or(UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64)),
                     perm: self.config.file_mode,
                     nlink: 1,
                     uid: self.config.uid,
@@ -461,7 +455,9 @@ impl Fs {
                 kind: NodeKind::Dir,
                 size: 0,
                 mtime: UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64),
-                atime: UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64),
+                atime: self
+                    .atime(*ino)
+                    .unwrap_or(UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64)),
                 perm: self.config.dir_mode,
                 // Made in this mount: its subdirectories are not counted.
                 nlink: 1,

@@ -80,6 +80,22 @@ pub struct Ended {
     pub write: Option<WriteStatus>,
 }
 
+impl MountConfig {
+    /// A read-only mount at `mountpoint` with every other setting at its default: no refresh,
+    /// no periodic manifest save.
+    pub fn new(mountpoint: PathBuf) -> Self {
+        Self {
+            mountpoint,
+            fs: FsConfig::default(),
+            fuse: MountOptions::default(),
+            write: None,
+            build: BuildOptions::default(),
+            refresh: None,
+            manifest_interval: Duration::ZERO,
+        }
+    }
+}
+
 /// A live mount.
 pub struct Mount {
     fs: Arc<Fs>,
@@ -299,7 +315,8 @@ async fn save_periodically(fs: Arc<Fs>, every: Duration) {
     }
 }
 
-fn mib(bytes: u64) -> String {
+/// `bytes` in MiB, for status lines.
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 

@@ -973,10 +973,7 @@ impl PrefetchReader {
         chain.add(b, crc);
         if b >= 1 && !st.asked {
             st.asked = true;
-            let this = self.stated_checksum();
-            tokio::spawn(async move {
-                this.await;
-            });
+            tokio::spawn(self.stated_checksum());
         }
     }
 

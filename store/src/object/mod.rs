@@ -569,14 +569,13 @@ impl ObjectSource {
             .map_err(|e| write_error("copy", &self.full_key(from), e))
     }
 
-    /// Size and ETag of `rel`, or `None` if it does not exist.
-    /// The full-object checksum the store states for `rel` (one HEAD, pinned to `etag`), if
-    /// it states one.
-    pub async fn full_checksum(
+    /// One HEAD of `rel` (pinned to `etag` if given): its size, ETag, and the full-object
+    /// checksum the store states, if any. A missing object is [`ReadError::Gone`].
+    async fn head_stating(
         &self,
         rel: &str,
         etag: Option<&str>,
-    ) -> Result<Option<checksum::FullChecksum>, ReadError> {
+    ) -> Result<(u64, Option<String>, Option<checksum::FullChecksum>), ReadError> {
         let path = self.path(rel)?;
         Metrics::add(&self.metrics.head_requests, 1);
         let options = GetOptions {
@@ -589,7 +588,18 @@ impl ObjectSource {
             .get_opts(&path, options)
             .await
             .map_err(|e| self.map_error(rel, etag, e))?;
-        Ok(self.saw_checksum(r.extensions.get::<checksum::FullChecksum>().copied()))
+        let sum = self.saw_checksum(r.extensions.get::<checksum::FullChecksum>().copied());
+        Ok((r.meta.size, r.meta.e_tag, sum))
+    }
+
+    /// The full-object checksum the store states for `rel` (one HEAD, pinned to `etag`), if
+    /// it states one.
+    pub async fn full_checksum(
+        &self,
+        rel: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<checksum::FullChecksum>, ReadError> {
+        Ok(self.head_stating(rel, etag).await?.2)
     }
 
     /// Size, ETag and the full-object checksum the store states for `rel` (one HEAD), or
@@ -598,22 +608,14 @@ impl ObjectSource {
         &self,
         rel: &str,
     ) -> Result<Option<(u64, Option<String>, Option<checksum::FullChecksum>)>, ReadError> {
-        let path = self.path(rel)?;
-        Metrics::add(&self.metrics.head_requests, 1);
-        let options = GetOptions {
-            head: true,
-            ..Default::default()
-        };
-        match self.store.get_opts(&path, options).await {
-            Ok(r) => {
-                let sum = self.saw_checksum(r.extensions.get::<checksum::FullChecksum>().copied());
-                Ok(Some((r.meta.size, r.meta.e_tag.clone(), sum)))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.map_error(rel, None, e)),
+        match self.head_stating(rel, None).await {
+            Ok(head) => Ok(Some(head)),
+            Err(ReadError::Gone { .. }) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
+    /// Size and ETag of `rel`, or `None` if it does not exist.
     pub async fn head(&self, rel: &str) -> Result<Option<(u64, Option<String>)>, WriteError> {
         let path = self.write_path("head", rel)?;
         Metrics::add(&self.metrics.head_requests, 1);
