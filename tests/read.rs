@@ -27,7 +27,13 @@ fn reads_through_the_cache_are_exact_and_survive_a_remount_without_gets() {
     }
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = cache.path().join("c");
-    let args = ["--cache-dir", cache_dir.to_str().unwrap()];
+    // The machine's free space must not decide whether the cache fills.
+    let args = [
+        "--cache-dir",
+        cache_dir.to_str().unwrap(),
+        "--cache-min-free",
+        "0",
+    ];
     {
         let m = mount(&s, "s3://bkt", &args);
         for (k, v) in &files {
@@ -52,6 +58,8 @@ fn reads_through_the_cache_are_exact_and_survive_a_remount_without_gets() {
                     other.path().to_str().unwrap(),
                     "--cache-dir",
                     cache_dir.to_str().unwrap(),
+                    "--cache-min-free",
+                    "0",
                 ],
             )
             .output()
@@ -86,6 +94,26 @@ fn warm_fills_the_cache_for_a_later_mount_and_warms_paths_in_a_mount() {
     }
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().join("c");
+    // A cache that cannot take the blocks makes the warm fail, saying why.
+    let err = fails(
+        cmd(
+            &s,
+            &[
+                "warm",
+                "s3://bkt/ds",
+                "--cache-dir",
+                dir.to_str().unwrap(),
+                "--cache-min-free",
+                "1000000T",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        err.contains("not stored in the cache") && err.contains("--cache-min-free"),
+        "{err}"
+    );
     let out = ok(cmd(
         &s,
         &[
@@ -93,6 +121,8 @@ fn warm_fills_the_cache_for_a_later_mount_and_warms_paths_in_a_mount() {
             "s3://bkt/ds",
             "--cache-dir",
             dir.to_str().unwrap(),
+            "--cache-min-free",
+            "0",
             "--jobs",
             "4",
         ],
@@ -101,7 +131,16 @@ fn warm_fills_the_cache_for_a_later_mount_and_warms_paths_in_a_mount() {
     .unwrap());
     assert!(out.contains("warmed 20 of 20 objects"), "{out}");
     let gets = s.backend().counters.get();
-    let m = mount(&s, "s3://bkt/ds", &["--cache-dir", dir.to_str().unwrap()]);
+    let m = mount(
+        &s,
+        "s3://bkt/ds",
+        &[
+            "--cache-dir",
+            dir.to_str().unwrap(),
+            "--cache-min-free",
+            "0",
+        ],
+    );
     for i in 0..20u8 {
         let got = std::fs::read(m.path().join(format!("f{i}.bin"))).unwrap();
         assert_eq!(got, big(i, 200_000 + i as usize));
@@ -157,7 +196,13 @@ fn the_loader_reads_through_a_mount_and_its_second_epoch_is_local() {
     let m = mount(
         &s,
         "s3://bkt",
-        &["--read-only", "--cache-dir", cache_dir.to_str().unwrap()],
+        &[
+            "--read-only",
+            "--cache-dir",
+            cache_dir.to_str().unwrap(),
+            "--cache-min-free",
+            "0",
+        ],
     );
     let url = format!("file://{}/imgs", m.path().display());
     let ds = std::sync::Arc::new(Dataset::open(&url, DatasetOptions::default()).unwrap());

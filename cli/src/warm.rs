@@ -66,7 +66,21 @@ fn warm_source(a: &WarmArgs) -> anyhow::Result<()> {
             total as f64 / secs / 1e6
         );
         let errors = errors.lock().unwrap().clone();
-        report_failures(&errors, failed, "objects could not be warmed")
+        report_failures(&errors, failed, "objects could not be warmed")?;
+        // A block the cache declined (no room, or a write error) would be fetched again by
+        // the mount: the warm did not do its job.
+        let skipped = metrics.disk_skipped.load(Ordering::Relaxed);
+        if skipped > 0 {
+            let why = prefetcher
+                .cache()
+                .and_then(|c| c.not_filling())
+                .unwrap_or_else(|| "a cache write failed (see the log above)".into());
+            bail!(
+                "{skipped} blocks were fetched but not stored in the cache: {why}; \
+                 free space, or lower --cache-min-free, and warm again"
+            );
+        }
+        Ok(())
     })
 }
 

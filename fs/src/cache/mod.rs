@@ -336,6 +336,27 @@ impl DiskCache {
         free_space(&self.dir)
     }
 
+    /// Why the cache is not filling, in words for a log line or a command's error.
+    pub fn skip_reason(&self, free: Option<u64>) -> String {
+        match free {
+            Some(0) => format!("the cache's filesystem ({}) is full", self.dir.display()),
+            Some(free) => format!(
+                "the cache's filesystem ({}) has {free} bytes free, less than the {} bytes \
+                 --cache-min-free keeps free",
+                self.dir.display(),
+                self.config.min_free_bytes
+            ),
+            None => format!("the cache ({}) cannot be written", self.dir.display()),
+        }
+    }
+
+    /// Whether the cache has stopped filling for lack of space, and why.
+    pub fn not_filling(&self) -> Option<String> {
+        self.full
+            .load(Ordering::Relaxed)
+            .then(|| self.skip_reason(self.free_bytes()))
+    }
+
     /// Whether the cache may take `len` more bytes: not while the disk is (recently) full.
     fn has_room(&self, len: u64) -> bool {
         if self.full.load(Ordering::Relaxed) {
@@ -345,18 +366,23 @@ impl DiskCache {
             }
             *since = Some(Instant::now());
         }
-        let ok = self
-            .free_bytes()
-            .is_none_or(|free| free >= len + self.config.min_free_bytes);
-        self.set_full(!ok);
+        let free = self.free_bytes();
+        let ok = free.is_none_or(|free| free >= len + self.config.min_free_bytes);
+        self.set_full(!ok, free);
         ok
     }
 
-    fn set_full(&self, full: bool) {
+    fn set_full(&self, full: bool, free: Option<u64>) {
         let was = self.full.swap(full, Ordering::Relaxed);
         if full && !was {
             *self.full_since.lock().unwrap() = Some(Instant::now());
-            tracing::warn!(dir = %self.dir.display(), "cache disk is full; reads continue from the network without caching");
+            tracing::warn!(
+                dir = %self.dir.display(),
+                free_bytes = free.unwrap_or(0),
+                min_free_bytes = self.config.min_free_bytes,
+                "{}; reads continue from the network without caching",
+                self.skip_reason(free)
+            );
         } else if !full && was {
             tracing::info!(dir = %self.dir.display(), "cache disk has room again");
         }
@@ -422,7 +448,7 @@ impl DiskCache {
                 let _ = std::fs::remove_file(&tmp);
                 Metrics::add(&self.metrics.disk_skipped, 1);
                 if e.raw_os_error() == Some(libc::ENOSPC) {
-                    self.set_full(true);
+                    self.set_full(true, Some(0));
                 } else {
                     tracing::warn!(path = %path.display(), "cache write failed: {e}");
                 }
