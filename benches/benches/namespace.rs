@@ -39,6 +39,7 @@ fn manifest_bench(n: usize) {
             size: 100_000 + i as u64,
             mtime_ms: 1_700_000_000_000 + i as i64,
             etag: Etag::Md5([(i % 251) as u8; 16]),
+            attrs: Default::default(),
         })
         .collect();
     entries.sort_by(|a, b| manifest::tree_cmp(&a.key, &b.key));

@@ -79,7 +79,10 @@ impl Bench {
         });
         let t = Instant::now();
         self.rt.block_on(async {
-            let mut mp = source.start_multipart(key, None).await.unwrap();
+            let mut mp = source
+                .start_multipart(key, &Default::default())
+                .await
+                .unwrap();
             let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
             let mut tasks = Vec::new();
             for start in (0..data.len()).step_by(part) {

@@ -208,6 +208,10 @@ pub struct MountArgs {
     /// Listings in flight when the prefix must be listed
     #[arg(long, default_value_t = 16, value_parser = parse_positive_usize)]
     pub list_concurrency: usize,
+    /// When the prefix must be listed, which objects to HEAD for modes, owners and symlinks
+    /// (auto: those the stored manifest does not cover, when there are few)
+    #[arg(long, value_enum, default_value_t = AttrScanArg::Auto)]
+    pub attrs: AttrScanArg,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
@@ -275,6 +279,24 @@ pub struct WriteArgs {
     /// Delay before the second attempt; doubled for each further one, at most 30s
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub upload_retry_delay: Duration,
+}
+
+/// `--attrs`: see [`pai_mount_fs::manifest::AttrScan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttrScanArg {
+    Off,
+    Auto,
+    All,
+}
+
+impl From<AttrScanArg> for pai_mount_fs::manifest::AttrScan {
+    fn from(a: AttrScanArg) -> Self {
+        match a {
+            AttrScanArg::Off => Self::Off,
+            AttrScanArg::Auto => Self::Auto,
+            AttrScanArg::All => Self::All,
+        }
+    }
 }
 
 /// Read path tuning: prefetching and the disk cache.
@@ -384,6 +406,10 @@ pub enum ManifestCommand {
         /// Listings in flight
         #[arg(long, default_value_t = 16, value_parser = parse_positive_usize)]
         list_concurrency: usize,
+        /// Which objects to HEAD for modes, owners and symlinks (all: every object the stored
+        /// manifest does not cover, e.g. a bucket written by s3fs or ossfs)
+        #[arg(long, value_enum, default_value_t = AttrScanArg::Auto)]
+        attrs: AttrScanArg,
     },
     /// Index the WebDataset tar shards (*.tar) under a prefix for the loader: reads every
     /// shard once and stores the index next to the manifest (build the manifest first)

@@ -20,6 +20,7 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<()> {
             store,
             output,
             list_concurrency,
+            attrs,
         } => rt.block_on(async {
             let source = crate::store::connect(&store, Arc::new(Metrics::default())).await?;
             let progress = Arc::new(BuildProgress::default());
@@ -37,6 +38,7 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<()> {
             });
             let options = BuildOptions {
                 concurrency: list_concurrency,
+                attrs: attrs.into(),
             };
             let (header, size, place) = match &output {
                 Some(path) => {
@@ -88,13 +90,14 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<()> {
             let h = &m.header;
             let built = chrono_like(h.built_at_ms);
             println!("manifest      {}", file.as_ref().map_or_else(|| store.source.clone(), |f| f.display().to_string()));
-            println!("format        version {}", manifest::FORMAT_VERSION);
+            println!("format        version {}", m.version);
             println!("source        {}", h.source);
             println!("built at      {built} by {}", h.builder);
             println!("objects       {}", h.object_count);
             println!("bytes         {}", h.total_bytes);
             println!("files         {}", ns.file_count());
             println!("directories   {}", ns.dir_count());
+            println!("with attrs    {} (modes, owners or symlinks)", ns.attrs_count());
             println!("skipped keys  {} {:?}", ns.skipped().total(), ns.skipped());
             println!("list requests {}", h.list_requests);
             println!("file size     {} bytes", bytes.len());

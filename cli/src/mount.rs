@@ -465,6 +465,7 @@ fn start(
         write,
         build: BuildOptions {
             concurrency: a.list_concurrency,
+            attrs: a.attrs.into(),
         },
         refresh: a.refresh,
         manifest_interval: a.write.manifest_interval,

@@ -45,7 +45,7 @@ mod write_ops;
 
 pub use io_mode::{Access, IoMode};
 
-pub use write_ops::SetAttr;
+pub use write_ops::{Owner, SetAttr};
 
 use overlay::{Entry, Overlay};
 
@@ -195,6 +195,18 @@ pub struct Fs {
     /// Access times set by `utimens`, by inode (see [`Fs::set_atime`]); `any_atime` once any is.
     atimes: Mutex<HashMap<u64, SystemTime>>,
     any_atime: std::sync::atomic::AtomicBool,
+    /// Directory modes, owners and mtimes set in this mount, by inode (see
+    /// [`Fs::set_dir_attrs`]).
+    dir_attrs: Mutex<HashMap<u64, DirAttrs>>,
+}
+
+/// What `chmod`, `chown` and `utimens` set on a directory.
+#[derive(Debug, Clone, Copy, Default)]
+struct DirAttrs {
+    perm: Option<u16>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mtime: Option<SystemTime>,
 }
 
 impl Fs {
@@ -225,6 +237,7 @@ impl Fs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             atimes: Mutex::default(),
             any_atime: std::sync::atomic::AtomicBool::new(false),
+            dir_attrs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -386,21 +399,37 @@ impl Fs {
     fn attr(&self, snap: &Snapshot, node: u32) -> Attr {
         let info = snap.namespace.info(node).expect("resolved nodes exist");
         let mtime = UNIX_EPOCH + Duration::from_millis(info.mtime_ms.max(0) as u64);
-        let (perm, nlink) = match info.kind {
-            NodeKind::Dir => (self.config.dir_mode, self.dir_nlink(&snap.namespace, node)),
-            NodeKind::File => (self.config.file_mode, 1),
+        let nlink = match info.kind {
+            NodeKind::Dir => self.dir_nlink(&snap.namespace, node),
+            NodeKind::File | NodeKind::Symlink => 1,
         };
         let ino = snap.ino(node);
-        Attr {
+        let attrs = snap.namespace.attrs(node);
+        let attr = Attr {
             ino,
             kind: info.kind,
             size: info.size,
             mtime,
             atime: self.atime(ino).unwrap_or(mtime),
-            perm,
+            perm: self.perm_of(info.kind, attrs),
             nlink,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid: attrs.and_then(|a| a.uid).unwrap_or(self.config.uid),
+            gid: attrs.and_then(|a| a.gid).unwrap_or(self.config.gid),
+        };
+        if info.kind == NodeKind::Dir {
+            self.with_dir_attrs(attr)
+        } else {
+            attr
+        }
+    }
+
+    /// Permission bits: stored ones, else the mount's default for the kind.
+    fn perm_of(&self, kind: NodeKind, attrs: Option<&crate::attrs::Attrs>) -> u16 {
+        match (kind, attrs.and_then(|a| a.perm())) {
+            (_, Some(p)) => p,
+            (NodeKind::Dir, None) => self.config.dir_mode,
+            (NodeKind::File, None) => self.config.file_mode,
+            (NodeKind::Symlink, None) => 0o777,
         }
     }
 
@@ -423,6 +452,30 @@ impl Fs {
         self.any_atime.store(true, Ordering::Relaxed);
     }
 
+    /// Records a directory's new mode, owner or mtime. Kept in memory for the mount's life:
+    /// directory markers do not carry them yet.
+    pub(crate) fn set_dir_attrs(&self, ino: u64, a: &SetAttr) {
+        let mut all = self.dir_attrs.lock().unwrap();
+        let d = all.entry(ino).or_default();
+        if let Some(m) = a.mode {
+            d.perm = Some((m & crate::attrs::PERM_BITS) as u16);
+        }
+        d.uid = a.uid.or(d.uid);
+        d.gid = a.gid.or(d.gid);
+        d.mtime = a.mtime.or(d.mtime);
+    }
+
+    /// Applies what [`Self::set_dir_attrs`] recorded for `attr`'s inode.
+    fn with_dir_attrs(&self, mut attr: Attr) -> Attr {
+        if let Some(d) = self.dir_attrs.lock().unwrap().get(&attr.ino) {
+            attr.perm = d.perm.unwrap_or(attr.perm);
+            attr.uid = d.uid.unwrap_or(attr.uid);
+            attr.gid = d.gid.unwrap_or(attr.gid);
+            attr.mtime = d.mtime.unwrap_or(attr.mtime);
+        }
+        attr
+    }
+
     fn atime(&self, ino: u64) -> Option<SystemTime> {
         if !self.any_atime.load(Ordering::Relaxed) {
             return None;
@@ -436,21 +489,26 @@ impl Fs {
             Target::File(n) => {
                 let mut st = n.state();
                 st.take_in_writes();
+                let kind = if st.attrs.is_symlink() {
+                    NodeKind::Symlink
+                } else {
+                    NodeKind::File
+                };
                 Attr {
                     ino: n.ino,
-                    kind: NodeKind::File,
+                    kind,
                     size: st.size,
                     mtime: UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64),
                     atime: self
                         .atime(n.ino)
                         .unwrap_or(UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64)),
-                    perm: self.config.file_mode,
+                    perm: self.perm_of(kind, Some(&st.attrs)),
                     nlink: 1,
-                    uid: self.config.uid,
-                    gid: self.config.gid,
+                    uid: st.attrs.uid.unwrap_or(self.config.uid),
+                    gid: st.attrs.gid.unwrap_or(self.config.gid),
                 }
             }
-            Target::Dir { ino, mtime_ms } => Attr {
+            Target::Dir { ino, mtime_ms } => self.with_dir_attrs(Attr {
                 ino: *ino,
                 kind: NodeKind::Dir,
                 size: 0,
@@ -463,7 +521,7 @@ impl Fs {
                 nlink: 1,
                 uid: self.config.uid,
                 gid: self.config.gid,
-            },
+            }),
         }
     }
 

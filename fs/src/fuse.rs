@@ -21,7 +21,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
-use crate::fs::{Access, Attr, Fs, IoMode, SetAttr};
+use crate::fs::{Access, Attr, Fs, IoMode, Owner, SetAttr};
 use crate::metrics::FuseOp;
 use crate::namespace::NodeKind;
 use crate::write::Staged;
@@ -195,10 +195,7 @@ fn time_or_now(t: TimeOrNow) -> std::time::SystemTime {
 }
 
 fn to_fuse(a: &Attr) -> FileAttr {
-    let kind = match a.kind {
-        NodeKind::Dir => FileType::Directory,
-        NodeKind::File => FileType::RegularFile,
-    };
+    let kind = file_type(a.kind);
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
@@ -222,6 +219,7 @@ fn file_type(k: NodeKind) -> FileType {
     match k {
         NodeKind::Dir => FileType::Directory,
         NodeKind::File => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
     }
 }
 
@@ -604,14 +602,42 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        // Object stores have no links.
-        reply.error(Errno::EPERM);
+        let _timer = self.fs.metrics().time(FuseOp::Symlink);
+        let owner = Owner {
+            perm: None,
+            uid: Some(req.uid()),
+            gid: Some(req.gid()),
+        };
+        let made = self.rt.block_on(self.fs.symlink(
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            owner,
+        ));
+        match made {
+            Ok(a) => reply.entry(&self.fs.config().ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => {
+                log_failure("symlink", parent.0, &e);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: fuser::ReplyData) {
+        let _timer = self.fs.metrics().time(FuseOp::Readlink);
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => {
+                log_failure("readlink", ino.0, &e);
+                reply.error(errno(&e))
+            }
+        }
     }
 
     fn rename(
@@ -701,16 +727,24 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
         let _timer = self.fs.metrics().time(FuseOp::Create);
-        let (a, fh) = match self.rt.block_on(self.fs.create(parent.0, name.as_bytes())) {
+        let owner = Owner {
+            perm: Some(mode & !umask),
+            uid: Some(req.uid()),
+            gid: Some(req.gid()),
+        };
+        let created = self
+            .rt
+            .block_on(self.fs.create_as(parent.0, name.as_bytes(), owner));
+        let (a, fh) = match created {
             Ok(created) => created,
             Err(e) => {
                 log_failure("create", parent.0, &e);

@@ -30,4 +30,4 @@ pub mod prefetch;
 pub mod reader;
 pub mod write;
 
-pub use pai_store::{framing, manifest, metrics, namespace, object};
+pub use pai_store::{attrs, framing, manifest, metrics, namespace, object};

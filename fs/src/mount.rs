@@ -89,7 +89,10 @@ impl MountConfig {
             fs: FsConfig::default(),
             fuse: MountOptions::default(),
             write: None,
-            build: BuildOptions::default(),
+            build: BuildOptions {
+                attrs: manifest::AttrScan::Auto,
+                ..BuildOptions::default()
+            },
             refresh: None,
             manifest_interval: Duration::ZERO,
         }

@@ -31,7 +31,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use pai_store::metrics::Metrics;
 use pai_store::object::checksum::{FullChecksum, Hasher};
-use pai_store::object::{MultipartWriter, ObjectSource, ReadError, Source, WriteError};
+use pai_store::object::{MultipartWriter, ObjectSource, ReadError, Source, UploadMeta, WriteError};
 use tokio::task::JoinHandle;
 
 use crate::LoadError;
@@ -410,7 +410,7 @@ impl ObjectWriter {
         if self.upload.is_none() {
             let up = self
                 .source
-                .start_multipart(&self.key, Some(now_ms()))
+                .start_multipart(&self.key, &UploadMeta::mtime(now_ms()))
                 .await
                 .map_err(|e| self.error(e))?;
             self.upload = Some(up);
@@ -442,7 +442,7 @@ impl ObjectWriter {
         if self.upload.is_none() {
             return self
                 .source
-                .put_object(&self.key, rest, Some(now_ms()))
+                .put_object(&self.key, rest, &UploadMeta::mtime(now_ms()))
                 .await
                 .map_err(|e| self.error(e));
         }

@@ -10,10 +10,13 @@
 //!   its parallel builder.
 //! - [`namespace`]: the in-memory directory tree built from a manifest, compact enough for
 //!   tens of millions of objects.
+//! - [`attrs`]: modes, owners and symlink targets, and how objects' user metadata and the
+//!   manifest keep them.
 //! - [`framing`]: the versioned, checksummed framing of small JSON documents (journal records,
 //!   the loader's tar index).
 //! - [`metrics`]: every metric name and counter.
 
+pub mod attrs;
 pub mod framing;
 pub mod manifest;
 pub mod metrics;

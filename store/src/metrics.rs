@@ -279,11 +279,13 @@ pub enum FuseOp {
     Readdir,
     Statfs,
     Fallocate,
+    Symlink,
+    Readlink,
 }
 
 impl FuseOp {
     /// Every operation, in the order of their histograms.
-    pub const ALL: [FuseOp; 18] = [
+    pub const ALL: [FuseOp; 20] = [
         Self::Lookup,
         Self::Getattr,
         Self::Setattr,
@@ -302,6 +304,8 @@ impl FuseOp {
         Self::Readdir,
         Self::Statfs,
         Self::Fallocate,
+        Self::Symlink,
+        Self::Readlink,
     ];
 
     /// The `op` label.
@@ -325,6 +329,8 @@ impl FuseOp {
             Self::Readdir => "readdir",
             Self::Statfs => "statfs",
             Self::Fallocate => "fallocate",
+            Self::Symlink => "symlink",
+            Self::Readlink => "readlink",
         }
     }
 }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 
+use crate::attrs::Attrs;
 use crate::manifest::{tree_cmp, Etag, Manifest, ManifestError, RESERVED_DIR};
 
 /// Longest file name Linux accepts.
@@ -24,6 +25,7 @@ pub const NAME_MAX: usize = 255;
 const KIND_DIR: u8 = 1;
 const KIND_FILE: u8 = 2;
 const KIND_DEAD: u8 = 3;
+const KIND_LINK: u8 = 4;
 
 const ETAG_NONE: u8 = 0;
 const ETAG_MD5: u8 = 1;
@@ -77,6 +79,7 @@ impl SkipStats {
 pub enum NodeKind {
     Dir,
     File,
+    Symlink,
 }
 
 /// Attributes of a node.
@@ -98,6 +101,9 @@ pub struct Namespace {
     other_etags: HashMap<u32, Box<str>>,
     /// Subdirectories of each directory that has any (for `st_nlink`).
     subdirs: HashMap<u32, u32>,
+    /// Modes, owners and symlink targets of the nodes that have any (rare in datasets, so a
+    /// side map keeps the common node small).
+    attrs: HashMap<u32, Attrs>,
     files: u64,
     dirs: u64,
     bytes: u64,
@@ -207,6 +213,12 @@ impl Builder {
     /// Adds one key. Keys must arrive in [`tree_cmp`] order; a key ending in `/` is a
     /// directory marker.
     pub fn push(&mut self, key: &[u8], size: u64, mtime_ms: i64, etag: Etag) {
+        self.push_with(key, size, mtime_ms, etag, Attrs::default());
+    }
+
+    /// [`Self::push`] with attributes: a marker's go to its directory; a symlink mode makes
+    /// the entry a symlink.
+    pub fn push_with(&mut self, key: &[u8], size: u64, mtime_ms: i64, etag: Etag, attrs: Attrs) {
         let is_marker = key.ends_with(b"/");
         let body = if is_marker {
             &key[..key.len() - 1]
@@ -259,11 +271,14 @@ impl Builder {
             let top = &self.stack.last().unwrap().2;
             if let Some(&last) = top.last() {
                 let n = self.ns.nodes[last as usize];
-                if n.kind == KIND_FILE && self.ns.name(last) == *seg {
+                if matches!(n.kind, KIND_FILE | KIND_LINK) && self.ns.name(last) == *seg {
                     self.stack.last_mut().unwrap().2.pop();
                     self.ns.nodes[last as usize].kind = KIND_DEAD;
-                    self.ns.files -= 1;
-                    self.ns.bytes -= n.data;
+                    self.ns.attrs.remove(&last);
+                    if n.kind == KIND_FILE {
+                        self.ns.files -= 1;
+                        self.ns.bytes -= n.data;
+                    }
                     let shadowed = [*seg].concat();
                     self.skip(&shadowed, "shadowed by a directory");
                 }
@@ -274,12 +289,26 @@ impl Builder {
             *self.ns.subdirs.entry(parent).or_default() += 1;
             self.stack.push((id, seg.to_vec(), Vec::new()));
         }
-        if !is_marker {
-            let name = segments[segments.len() - 1];
-            self.add_node(name, KIND_FILE, size, mtime_ms, &etag);
-            self.ns.files += 1;
-            self.ns.bytes += size;
+        if is_marker {
+            let dir = self.stack.last().expect("the root stays").0;
+            if !attrs.is_empty() && dir != Namespace::ROOT {
+                self.ns.attrs.insert(dir, attrs);
+            }
+            return;
         }
+        let name = segments[segments.len() - 1];
+        if attrs.is_symlink() {
+            let len = attrs.target.as_ref().map_or(0, |t| t.len() as u64);
+            let id = self.add_node(name, KIND_LINK, len, mtime_ms, &etag);
+            self.ns.attrs.insert(id, attrs);
+            return;
+        }
+        let id = self.add_node(name, KIND_FILE, size, mtime_ms, &etag);
+        if !attrs.is_empty() {
+            self.ns.attrs.insert(id, attrs);
+        }
+        self.ns.files += 1;
+        self.ns.bytes += size;
     }
 
     pub fn finish(mut self) -> Namespace {
@@ -298,7 +327,7 @@ impl Namespace {
     /// Builds the tree from a parsed manifest.
     pub fn from_manifest(m: &Manifest<'_>) -> Result<Self, ManifestError> {
         let mut b = Builder::with_capacity(m.header.built_at_ms, m.header.object_count as usize);
-        m.for_each(|key, size, mtime, etag| b.push(key, size, mtime, etag))?;
+        m.for_each(|key, size, mtime, etag, attrs| b.push_with(key, size, mtime, etag, attrs))?;
         Ok(b.finish())
     }
 
@@ -309,7 +338,7 @@ impl Namespace {
         let mut b = Builder::with_capacity(dir_mtime_ms, entries.len());
         for i in order {
             let e = &entries[i];
-            b.push(&e.key, e.size, e.mtime_ms, e.etag.clone());
+            b.push_with(&e.key, e.size, e.mtime_ms, e.etag.clone(), e.attrs.clone());
         }
         b.finish()
     }
@@ -339,12 +368,13 @@ impl Namespace {
         let kind = match n.kind {
             KIND_DIR => NodeKind::Dir,
             KIND_FILE => NodeKind::File,
+            KIND_LINK => NodeKind::Symlink,
             _ => return None,
         };
         Some(NodeInfo {
             id,
             kind,
-            size: if kind == NodeKind::File { n.data } else { 0 },
+            size: if kind == NodeKind::Dir { 0 } else { n.data },
             mtime_ms: n.mtime_ms,
         })
     }
@@ -388,6 +418,26 @@ impl Namespace {
         }
         parts.reverse();
         parts.join("/")
+    }
+
+    /// The node's mode, owner, group and symlink target, where stored.
+    pub fn attrs(&self, id: u32) -> Option<&Attrs> {
+        self.attrs.get(&id)
+    }
+
+    /// The size of the node's object: a file's size, a symlink's target length.
+    pub fn size_of_object(&self, id: u32) -> u64 {
+        self.info(id).map_or(0, |i| i.size)
+    }
+
+    /// A symlink's target.
+    pub fn link_target(&self, id: u32) -> Option<&[u8]> {
+        self.attrs.get(&id).and_then(|a| a.target.as_deref())
+    }
+
+    /// How many nodes carry attributes.
+    pub fn attrs_count(&self) -> usize {
+        self.attrs.len()
     }
 
     /// The node's ETag as a quoted HTTP value.
@@ -443,6 +493,13 @@ impl Namespace {
                 .other_etags
                 .values()
                 .map(|s| s.len() + 4 + 16 + 8)
+                .sum::<usize>()
+            + self
+                .attrs
+                .values()
+                .map(|a| {
+                    std::mem::size_of::<Attrs>() + 4 + a.target.as_ref().map_or(0, |t| t.len())
+                })
                 .sum::<usize>()
     }
 }

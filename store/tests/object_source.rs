@@ -174,7 +174,7 @@ async fn writes_copies_deletes_and_markers_against_the_server() {
             .put_object(
                 "a b/x.txt",
                 bytes::Bytes::from_static(b"hello"),
-                Some(1_700_000_000_123),
+                &pai_store::object::UploadMeta::mtime(1_700_000_000_123),
             )
             .await
             .unwrap();
@@ -194,7 +194,10 @@ async fn writes_copies_deletes_and_markers_against_the_server() {
         s.marker("empty dir", false).await.unwrap();
         s.marker("empty dir", false).await.unwrap();
         assert!(server.backend().get("bkt", "pre/empty dir/").is_none());
-        let mut mp = s.start_multipart("big", Some(0)).await.unwrap();
+        let mut mp = s
+            .start_multipart("big", &pai_store::object::UploadMeta::mtime(0))
+            .await
+            .unwrap();
         let parts = [vec![1u8; 5 << 20], vec![2u8; 1000]];
         let sends: Vec<_> = parts
             .iter()

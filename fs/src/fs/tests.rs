@@ -152,6 +152,7 @@ async fn retired_snapshots_are_bounded() {
                 size: 10,
                 mtime_ms: 0,
                 etag: crate::manifest::Etag::None,
+                attrs: Default::default(),
             }],
             0,
         ));

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::overlay::{self, Entry};
 use super::{base_lookup_path, now_ms, Access, Attr, Fs, OpenFile, Target, ROOT_INO};
+use crate::attrs::{Attrs, PERM_BITS, S_IFLNK, S_IFREG};
 use crate::error::FsError;
 use crate::manifest::{self, Etag};
 use crate::metrics::Metrics;
@@ -33,6 +34,39 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+/// Who creates an entry, and with which mode: what the object's metadata keeps. The default
+/// (no mode, no ids) keeps nothing, and the mount's defaults apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Owner {
+    /// Permission bits, after the umask.
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Owner {
+    /// What differs from the mount's defaults: only that is stored, so files written by the
+    /// mount's own user with the default mode stay plain objects, and a later mount's
+    /// `uid`/`gid`/`file_mode` options still apply to them.
+    fn attrs(self, kind: u32, config: &super::FsConfig) -> Attrs {
+        let default_perm = if kind == crate::attrs::S_IFDIR {
+            config.dir_mode
+        } else {
+            config.file_mode
+        };
+        Attrs {
+            mode: self
+                .perm
+                .map(|p| p & PERM_BITS)
+                .filter(|&p| p != u32::from(default_perm))
+                .map(|p| kind | p),
+            uid: self.uid.filter(|&u| u != config.uid),
+            gid: self.gid.filter(|&g| g != config.gid),
+            target: None,
+        }
+    }
+}
+
 /// Checks a new name: it must become a key that a later listing maps back to this name.
 fn check_name(name: &[u8], at_root: bool) -> Result<&str, FsError> {
     if name.len() > NAME_MAX {
@@ -49,6 +83,22 @@ fn check_name(name: &[u8], at_root: bool) -> Result<&str, FsError> {
         return Err(FsError::NotPermitted("reserved for the manifest"));
     }
     Ok(name)
+}
+
+/// A node for a snapshot file or symlink: its object, attributes and snapshot inode.
+fn base_node(snap: &super::Snapshot, node: u32, path: String) -> Arc<FileNode> {
+    let info = snap.namespace.info(node).expect("resolved");
+    let n = FileNode::new(
+        snap.ino(node),
+        path,
+        info.mtime_ms,
+        Some(Remote {
+            size: info.size,
+            etag: snap.namespace.etag_of(node),
+        }),
+    );
+    n.state().attrs = snap.namespace.attrs(node).cloned().unwrap_or_default();
+    n
 }
 
 fn is_dir(t: &Target) -> bool {
@@ -106,16 +156,7 @@ impl Fs {
             }
             None => {}
         }
-        let info = snap.namespace.info(node).expect("resolved");
-        let n = FileNode::new(
-            snap.ino(node),
-            path.clone(),
-            info.mtime_ms,
-            Some(Remote {
-                size: info.size,
-                etag: snap.namespace.etag_of(node),
-            }),
-        );
+        let n = base_node(snap, node, path.clone());
         ov.put(path, Entry::File(n.clone()));
         Ok(n)
     }
@@ -160,9 +201,20 @@ impl Fs {
 
     /// Creates and opens a new, empty file. Returns its attributes and handle.
     pub async fn create(&self, parent: u64, name: &[u8]) -> Result<(Attr, u64), FsError> {
+        self.create_as(parent, name, Owner::default()).await
+    }
+
+    /// [`Self::create`] with the creator's mode and ids, which the object keeps.
+    pub async fn create_as(
+        &self,
+        parent: u64,
+        name: &[u8],
+        owner: Owner,
+    ) -> Result<(Attr, u64), FsError> {
         let wb = self.wb()?;
         let path = self.new_path(parent, name, false)?;
         let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
+        node.state().attrs = owner.attrs(S_IFREG, &self.config);
         wb.stage(&node, true).await?;
         self.overlay
             .write()
@@ -369,21 +421,22 @@ impl Fs {
             self.set_atime(ino, t);
         }
         let current = self.target_attr(&target);
-        if a.mode.is_some_and(|m| (m & 0o7777) as u16 != current.perm) {
-            return Err(FsError::NotPermitted("modes are not stored in the bucket"));
-        }
-        if a.uid.is_some_and(|u| u != current.uid) || a.gid.is_some_and(|g| g != current.gid) {
-            return Err(FsError::NotPermitted("owners are not stored in the bucket"));
-        }
-        if a.size.is_none() && a.mtime.is_none() {
+        let perm_changes = a
+            .mode
+            .is_some_and(|m| (m & PERM_BITS) as u16 != current.perm);
+        let owner_changes =
+            a.uid.is_some_and(|u| u != current.uid) || a.gid.is_some_and(|g| g != current.gid);
+        if a.size.is_none() && a.mtime.is_none() && !perm_changes && !owner_changes {
             return Ok(current);
         }
         if is_dir(&target) {
             if a.size.is_some() {
                 return Err(FsError::IsDir);
             }
-            // Directory times are not stored anywhere; the change is accepted and not kept.
-            return Ok(current);
+            // Directory modes, owners and times are kept for the mount's life, not in the
+            // bucket (docs/SEMANTICS.md).
+            self.set_dir_attrs(ino, &a);
+            return Ok(self.target_attr(&target));
         }
         let wb = self.wb()?.clone();
         let node = self.node_of(target, path)?;
@@ -394,12 +447,121 @@ impl Fs {
                 self.flush_node(&node).await?;
             }
         }
-        if let Some(t) = a.mtime {
+        if a.mtime.is_some() || perm_changes || owner_changes {
             wb.mark_dirty()?;
-            node.state().mtime_ms = ms_of(t);
+            let local = {
+                let mut st = node.state();
+                if let Some(t) = a.mtime {
+                    st.mtime_ms = ms_of(t);
+                }
+                if let Some(m) = a.mode.filter(|_| perm_changes) {
+                    st.attrs.set_perm(m, S_IFREG);
+                }
+                if owner_changes {
+                    st.attrs.uid = a.uid.or(st.attrs.uid);
+                    st.attrs.gid = a.gid.or(st.attrs.gid);
+                }
+                // Content not yet in the bucket: the upload carries the new metadata. A new
+                // version makes an upload already under way start again with it.
+                let local = st.staged.is_some() && (st.writers > 0 || st.version > st.uploaded);
+                if local {
+                    st.version += 1;
+                    wb.reset_stream(&mut st, false);
+                }
+                local
+            };
+            if local {
+                if node.state().writers == 0 {
+                    self.flush_node(&node).await?;
+                }
+            } else {
+                self.replace_metadata(&wb, &node).await?;
+            }
             Metrics::add(&self.metrics.namespace_changes, 1);
         }
         Ok(self.target_attr(&Target::File(node)))
+    }
+
+    /// Sets the metadata of a node whose content is in the bucket: a copy of the object onto
+    /// itself (no re-upload). Returns when the bucket has it.
+    async fn replace_metadata(&self, wb: &WriteBack, node: &Arc<FileNode>) -> Result<(), FsError> {
+        let _commit = node.lock_commit().await;
+        let (key, meta) = {
+            let st = node.state();
+            if st.unlinked || st.remote.is_none() {
+                return Ok(());
+            }
+            let meta = crate::object::UploadMeta {
+                mtime_ms: Some(st.mtime_ms),
+                attrs: st.attrs.clone(),
+            };
+            (st.key.clone(), meta)
+        };
+        let etag = wb.source().set_meta(&key, &meta).await?;
+        let mut st = node.state();
+        if let (Some(r), Some(e)) = (st.remote.as_mut(), etag) {
+            r.etag = Some(e);
+        }
+        Ok(())
+    }
+
+    /// Makes a symlink `name` in `parent` pointing at `target`: an object whose body is the
+    /// target, with a symlink mode (the s3fs encoding), uploaded as a file is.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
+        if target.is_empty() {
+            return Err(FsError::Invalid("an empty symlink target"));
+        }
+        if target.len() > crate::attrs::MAX_TARGET {
+            return Err(FsError::NameTooLong);
+        }
+        let wb = self.wb()?;
+        let path = self.new_path(parent, name, false)?;
+        let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
+        node.state().attrs = Attrs {
+            mode: Some(S_IFLNK | 0o777),
+            target: Some(target.into()),
+            ..owner.attrs(S_IFLNK, &self.config)
+        };
+        let staged = wb.stage(&node, true).await?;
+        staged.write_at(target, 0).map_err(FsError::Io)?;
+        {
+            let mut st = node.state();
+            st.size = target.len() as u64;
+            st.version += 1;
+        }
+        self.overlay
+            .write()
+            .unwrap()
+            .put(path, Entry::File(node.clone()));
+        self.flush_node(&node).await?;
+        Metrics::add(&self.metrics.namespace_changes, 1);
+        Ok(self.target_attr(&Target::File(node)))
+    }
+
+    /// A symlink's target, from the manifest or the node: no request.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let (target, _) = self.resolve(ino)?;
+        match target {
+            Target::Base { snap, node } => snap
+                .namespace
+                .link_target(node)
+                .map(<[u8]>::to_vec)
+                .ok_or(FsError::Invalid("not a symlink")),
+            Target::File(n) => {
+                let st = n.state();
+                match (&st.attrs.target, st.attrs.mode) {
+                    (Some(t), Some(m)) if m & crate::attrs::S_IFMT == S_IFLNK => Ok(t.to_vec()),
+                    _ => Err(FsError::Invalid("not a symlink")),
+                }
+            }
+            Target::Dir { .. } => Err(FsError::Invalid("not a symlink")),
+        }
     }
 
     /// Makes a directory: an empty marker object `name/`.
@@ -535,18 +697,7 @@ impl Fs {
     ) -> Result<(), FsError> {
         let node = match src {
             Target::File(n) => n,
-            Target::Base { snap, node } => {
-                let info = snap.namespace.info(node).expect("resolved");
-                FileNode::new(
-                    snap.ino(node),
-                    spath.to_string(),
-                    info.mtime_ms,
-                    Some(Remote {
-                        size: info.size,
-                        etag: snap.namespace.etag_of(node),
-                    }),
-                )
-            }
+            Target::Base { snap, node } => base_node(&snap, node, spath.to_string()),
             Target::Dir { .. } => return Err(FsError::IsDir),
         };
         {
@@ -678,19 +829,24 @@ impl Fs {
             if ov.get(&path).is_some() || ov.hides_below(overlay::parent_of(&path)) {
                 continue;
             }
+            let attrs = ns.attrs(id).cloned().unwrap_or_default();
             match info.kind {
-                NodeKind::File => out.push(manifest::Entry {
+                NodeKind::File | NodeKind::Symlink => out.push(manifest::Entry {
                     key: path.into_bytes().into(),
                     size: info.size,
                     mtime_ms: info.mtime_ms,
                     etag: Etag::parse(ns.etag_of(id).as_deref()),
+                    attrs,
                 }),
-                NodeKind::Dir if ns.children(id).is_empty() => out.push(manifest::Entry {
-                    key: format!("{path}/").into_bytes().into(),
-                    size: 0,
-                    mtime_ms: info.mtime_ms,
-                    etag: Etag::None,
-                }),
+                NodeKind::Dir if ns.children(id).is_empty() || !attrs.is_empty() => {
+                    out.push(manifest::Entry {
+                        key: format!("{path}/").into_bytes().into(),
+                        size: 0,
+                        mtime_ms: info.mtime_ms,
+                        etag: Etag::None,
+                        attrs,
+                    })
+                }
                 NodeKind::Dir => {}
             }
         }
@@ -705,6 +861,7 @@ impl Fs {
                     size: 0,
                     mtime_ms: *mtime_ms,
                     etag: Etag::None,
+                    attrs: Default::default(),
                 }),
                 Entry::File(n) => {
                     let st = n.state();
@@ -717,6 +874,7 @@ impl Fs {
                             size: r.size,
                             mtime_ms: st.mtime_ms,
                             etag: Etag::parse(r.etag.as_deref()),
+                            attrs: st.attrs.clone(),
                         });
                     }
                 }

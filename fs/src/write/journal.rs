@@ -56,6 +56,10 @@ pub struct Record {
     /// Upload attempts so far.
     #[serde(default)]
     pub attempts: u32,
+    /// Mode, owner, group and symlink target the object is uploaded with (absent in records
+    /// written before attributes were kept: the defaults then).
+    #[serde(default, skip_serializing_if = "pai_store::attrs::Attrs::is_empty")]
+    pub attrs: pai_store::attrs::Attrs,
 }
 
 /// Why a record could not be read.
@@ -186,6 +190,7 @@ mod tests {
             state: RecordState::Pending,
             error: None,
             attempts: 0,
+            attrs: Default::default(),
         }
     }
 

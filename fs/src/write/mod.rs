@@ -36,7 +36,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::metrics::Metrics;
-use crate::object::{ObjectSource, ReadError, WriteError};
+use crate::object::{ObjectSource, ReadError, UploadMeta, WriteError};
 use journal::{Journal, Record, RecordState};
 
 /// Most parts a multipart upload may have (S3 and OSS both allow 10,000).
@@ -275,6 +275,8 @@ pub struct FileState {
     pub seq_end: Option<u64>,
     /// Parts of this file already on their way, while it is still being written.
     pub stream: Option<Stream>,
+    /// Mode, owner, group and symlink target (uploaded as user metadata).
+    pub attrs: crate::attrs::Attrs,
 }
 
 impl FileState {
@@ -441,6 +443,7 @@ impl FileNode {
                 passthrough_mark: None,
                 seq_end: None,
                 stream: None,
+                attrs: Default::default(),
             }),
             commit: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
@@ -572,6 +575,7 @@ impl WriteBack {
                 }));
                 st.version = 1;
                 st.flushed = 1;
+                st.attrs = r.attrs.clone();
             }
             recovery.nodes.push(node);
         }
@@ -769,8 +773,15 @@ impl WriteBack {
                 return; // the rest goes at close, in the same upload
             }
             if st.stream.is_none() {
-                st.stream =
-                    Some(self.start_stream(st.key.clone(), st.mtime_ms, staged.clone(), part));
+                st.stream = Some(self.start_stream(
+                    st.key.clone(),
+                    UploadMeta {
+                        mtime_ms: Some(st.mtime_ms),
+                        attrs: st.attrs.clone(),
+                    },
+                    staged.clone(),
+                    part,
+                ));
             }
             let s = st.stream.as_mut().expect("just made");
             if s.tx.try_send(next..next + part).is_err() {
@@ -784,7 +795,13 @@ impl WriteBack {
         }
     }
 
-    fn start_stream(&self, key: String, mtime_ms: i64, staged: Arc<Staged>, part: u64) -> Stream {
+    fn start_stream(
+        &self,
+        key: String,
+        meta: UploadMeta,
+        staged: Arc<Staged>,
+        part: u64,
+    ) -> Stream {
         let (tx, mut rx) = mpsc::channel::<std::ops::Range<u64>>(MAX_PARTS as usize);
         let (source, parts_sem, k) = (self.source.clone(), self.parts.clone(), key.clone());
         let staged_id = staged.id;
@@ -803,7 +820,7 @@ impl WriteBack {
                     .await
                     .expect("never closed");
                 if mp.is_none() {
-                    mp = Some(source.start_multipart(&k, Some(mtime_ms)).await?);
+                    mp = Some(source.start_multipart(&k, &meta).await?);
                 }
                 let bytes = read_part(&staged, range).await?;
                 let send = mp.as_mut().expect("started").put_part(bytes);
@@ -911,6 +928,7 @@ impl WriteBack {
             },
             error,
             attempts,
+            attrs: st.attrs.clone(),
         }
     }
 
@@ -1022,7 +1040,10 @@ impl WriteBack {
                         staged: s,
                         version: st.version,
                         size: st.size,
-                        mtime_ms: st.mtime_ms,
+                        meta: UploadMeta {
+                            mtime_ms: Some(st.mtime_ms),
+                            attrs: st.attrs.clone(),
+                        },
                     }),
                     _ => {
                         // Nothing to send, or a writer is mid-way: its close queues it again.
@@ -1150,7 +1171,7 @@ impl WriteBack {
             let (permit, bytes) = self.held_part(staged, 0..size).await?;
             Prepared::Single(bytes, permit)
         } else {
-            let mut mp = self.source.start_multipart(key, Some(v.mtime_ms)).await?;
+            let mut mp = self.source.start_multipart(key, &v.meta).await?;
             if let Err(e) = self.send_parts(node, v, &mut mp, 0..size, part).await {
                 mp.abort().await;
                 return Err(e);
@@ -1243,9 +1264,7 @@ impl WriteBack {
             return Ok(false);
         }
         let etag = match prepared {
-            Prepared::Single(bytes, _permit) => {
-                self.source.put_object(key, bytes, Some(v.mtime_ms)).await?
-            }
+            Prepared::Single(bytes, _permit) => self.source.put_object(key, bytes, &v.meta).await?,
             Prepared::Multipart(mp) => mp.complete().await?,
         };
         Metrics::add(&self.metrics.namespace_changes, 1);
@@ -1331,7 +1350,7 @@ struct Version {
     staged: Arc<Staged>,
     version: u64,
     size: u64,
-    mtime_ms: i64,
+    meta: UploadMeta,
 }
 
 enum Prepared {

@@ -1,7 +1,8 @@
 //! Core tests of write-back through the filesystem, without FUSE, over an in-memory store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
@@ -12,6 +13,7 @@ use super::*;
 use crate::error::FsError;
 use crate::fs::{Fs, FsConfig, SetAttr, ROOT_INO};
 use crate::manifest::{self, BuildOptions};
+use crate::namespace::NodeKind;
 use crate::object::Source;
 use crate::reader::RangeReaderFactory;
 
@@ -384,20 +386,35 @@ async fn unlink_rename_mkdir_rmdir() {
         .map(|e| String::from_utf8_lossy(&e.key).to_string())
         .collect();
     assert_eq!(names, ["b", "x2"]);
-    // Modes and owners cannot be kept.
+    // A mode change of an uploaded file goes to the object's metadata (here by a rewrite: the
+    // in-memory store has no copy-onto-itself; the S3 tests check the copy).
     let b = rig.ino("b").unwrap();
-    let e = rig
+    let a = rig
         .fs
         .setattr(
             b,
             SetAttr {
-                mode: Some(0o600),
+                mode: Some(0o100_600),
+                uid: Some(4242),
                 ..Default::default()
             },
         )
         .await
-        .unwrap_err();
-    assert_eq!(e.errno(), libc::EPERM);
+        .unwrap();
+    assert_eq!((a.perm, a.uid), (0o600, 4242));
+    let head = rig
+        .fs
+        .write_back()
+        .unwrap()
+        .source()
+        .head_meta("b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.attrs.mode, Some(0o100_600));
+    assert_eq!(head.attrs.uid, Some(4242));
+    let entries = rig.fs.merged_entries();
+    assert_eq!(entries[0].attrs.mode, Some(0o100_600));
     for bad in [&b".."[..], b"a\nb", b"", &[0xff, 0xfe]] {
         assert!(rig.fs.create(ROOT_INO, bad).await.is_err(), "{bad:?}");
     }
@@ -818,6 +835,12 @@ enum Op {
     Unlink(usize),
     Rename(usize, usize),
     Read(usize),
+    /// New permission bits.
+    Chmod(usize, u16),
+    /// A new mtime, in seconds.
+    Utimens(usize, u32),
+    /// A symlink at the first name pointing at the second.
+    Symlink(usize, usize),
 }
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d/e"];
@@ -834,7 +857,10 @@ fn op() -> impl Strategy<Value = Op> {
         n.clone().prop_map(Op::Close),
         n.clone().prop_map(Op::Unlink),
         (n.clone(), n.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
-        n.prop_map(Op::Read),
+        n.clone().prop_map(Op::Read),
+        (n.clone(), 0..0o7777u16).prop_map(|(f, m)| Op::Chmod(f, m)),
+        (n.clone(), any::<u32>()).prop_map(|(f, t)| Op::Utimens(f, t)),
+        (n.clone(), n).prop_map(|(a, b)| Op::Symlink(a, b)),
     ]
 }
 
@@ -847,9 +873,76 @@ async fn run_model(ops: Vec<Op>) {
     .await;
     let mut model: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
     model.insert("a", b"initial a".to_vec());
+    // Attributes beside the content: permission bits set, mtimes set, which names are links
+    // (a link's content is its target, which is also its object's body).
+    let mut perms: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut mtimes: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut links: BTreeSet<&str> = BTreeSet::new();
     let mut open: BTreeMap<&str, u64> = BTreeMap::new();
     for op in ops {
+        // Content operations skip links (the kernel would follow them).
+        let on_link = match &op {
+            Op::Write(f, ..) | Op::Append(f, ..) | Op::Truncate(f, _) | Op::Read(f) => {
+                links.contains(NAMES[*f])
+            }
+            _ => false,
+        };
+        if on_link {
+            continue;
+        }
         match op {
+            Op::Chmod(f, perm) => {
+                let name = NAMES[f];
+                let Ok(ino) = rig.ino(name) else {
+                    assert!(!model.contains_key(name));
+                    continue;
+                };
+                let change = SetAttr {
+                    mode: Some(u32::from(perm)),
+                    ..Default::default()
+                };
+                let a = rig.fs.setattr(ino, change).await.unwrap();
+                if links.contains(name) {
+                    assert_eq!(a.kind, NodeKind::Symlink);
+                }
+                assert_eq!(a.perm, perm);
+                perms.insert(name, u32::from(perm));
+            }
+            Op::Utimens(f, secs) => {
+                let name = NAMES[f];
+                let Ok(ino) = rig.ino(name) else {
+                    assert!(!model.contains_key(name));
+                    continue;
+                };
+                let when = UNIX_EPOCH + Duration::from_secs(u64::from(secs));
+                let change = SetAttr {
+                    mtime: Some(when),
+                    ..Default::default()
+                };
+                let a = rig.fs.setattr(ino, change).await.unwrap();
+                assert_eq!(a.mtime, when);
+                mtimes.insert(name, secs);
+            }
+            Op::Symlink(f, t) => {
+                let (name, target) = (NAMES[f], NAMES[t]);
+                let (dir, leaf) = rig.split(name);
+                let made = rig
+                    .fs
+                    .symlink(dir, leaf.as_bytes(), target.as_bytes(), Default::default())
+                    .await;
+                match made {
+                    Ok(a) => {
+                        assert!(!model.contains_key(name), "linked over an existing {name}");
+                        assert_eq!(a.kind, NodeKind::Symlink);
+                        model.insert(name, target.as_bytes().to_vec());
+                        links.insert(name);
+                        perms.remove(name);
+                        mtimes.remove(name);
+                    }
+                    Err(FsError::Exists) => assert!(model.contains_key(name)),
+                    Err(e) => panic!("symlink {name}: {e}"),
+                }
+            }
             Op::Create(f) => {
                 let name = NAMES[f];
                 let (dir, leaf) = rig.split(name);
@@ -857,6 +950,8 @@ async fn run_model(ops: Vec<Op>) {
                     Ok((_, fh)) => {
                         assert!(!model.contains_key(name), "created an existing {name}");
                         model.insert(name, Vec::new());
+                        perms.remove(name);
+                        mtimes.remove(name);
                         if let Some(old) = open.insert(name, fh) {
                             rig.close(old).await;
                         }
@@ -875,6 +970,7 @@ async fn run_model(ops: Vec<Op>) {
                     .or_insert_with(|| rig.fs.open(rig.ino(name).unwrap(), true).unwrap());
                 let data = vec![byte; len as usize];
                 rig.fs.write(fh, content.len() as u64, &data).await.unwrap();
+                mtimes.remove(name);
                 content.extend_from_slice(&data);
             }
             Op::Write(f, off, len, byte) => {
@@ -887,6 +983,7 @@ async fn run_model(ops: Vec<Op>) {
                     .or_insert_with(|| rig.fs.open(rig.ino(name).unwrap(), true).unwrap());
                 let data = vec![byte; len as usize];
                 rig.fs.write(fh, u64::from(off), &data).await.unwrap();
+                mtimes.remove(name);
                 let end = off as usize + data.len();
                 if content.len() < end {
                     content.resize(end, 0);
@@ -908,6 +1005,7 @@ async fn run_model(ops: Vec<Op>) {
                     .await
                     .unwrap();
                 content.resize(size as usize, 0);
+                mtimes.remove(name);
             }
             Op::Close(f) => {
                 if let Some(fh) = open.remove(NAMES[f]) {
@@ -921,7 +1019,12 @@ async fn run_model(ops: Vec<Op>) {
                 }
                 let (dir, leaf) = rig.split(name);
                 match rig.fs.unlink(dir, leaf.as_bytes()).await {
-                    Ok(()) => assert!(model.remove(name).is_some()),
+                    Ok(()) => {
+                        assert!(model.remove(name).is_some());
+                        perms.remove(name);
+                        mtimes.remove(name);
+                        links.remove(name);
+                    }
                     Err(FsError::NotFound) => assert!(!model.contains_key(name)),
                     Err(e) => panic!("unlink {name}: {e}"),
                 }
@@ -944,6 +1047,17 @@ async fn run_model(ops: Vec<Op>) {
                         if from != to {
                             let content = model.remove(from).expect("renamed a missing file");
                             model.insert(to, content);
+                            for attrs in [&mut perms, &mut mtimes] {
+                                match attrs.remove(from) {
+                                    Some(v) => attrs.insert(to, v),
+                                    None => attrs.remove(to),
+                                };
+                            }
+                            if links.remove(from) {
+                                links.insert(to);
+                            } else {
+                                links.remove(to);
+                            }
                         }
                     }
                     Err(FsError::NotFound) => assert!(!model.contains_key(from)),
@@ -980,7 +1094,23 @@ async fn run_model(ops: Vec<Op>) {
         rig.close(fh).await;
     }
     for (name, content) in &model {
-        same(&rig.read_all(name).await.unwrap(), content, name);
+        let a = rig.fs.getattr(rig.ino(name).unwrap()).unwrap();
+        if links.contains(name) {
+            assert_eq!(a.kind, NodeKind::Symlink, "{name}");
+            assert_eq!(rig.fs.readlink(a.ino).unwrap(), *content, "{name}");
+        } else {
+            same(&rig.read_all(name).await.unwrap(), content, name);
+        }
+        if let Some(&p) = perms.get(name) {
+            assert_eq!(u32::from(a.perm), p, "{name}");
+        }
+        if let Some(&t) = mtimes.get(name) {
+            assert_eq!(
+                a.mtime,
+                UNIX_EPOCH + Duration::from_secs(u64::from(t)),
+                "{name}"
+            );
+        }
     }
     let s = rig.wb().drain(|_| {}).await;
     assert!(s.failed.is_empty());
@@ -999,6 +1129,21 @@ async fn run_model(ops: Vec<Op>) {
         want.keys().collect::<Vec<_>>()
     );
     assert!(bucket == want, "bucket content differs from the model");
+    // The objects carry the attributes.
+    let source = rig.wb().source().clone();
+    for name in want.keys().filter(|k| *k != "d/keep") {
+        let head = source.head_meta(name).await.unwrap().unwrap();
+        let name = name.as_str();
+        assert_eq!(head.attrs.is_symlink(), links.contains(name), "{name}");
+        if let Some(&p) = perms.get(name) {
+            // The default mode is not stored.
+            let stored = head.attrs.perm().unwrap_or(0o644);
+            assert_eq!(u32::from(stored), p, "{name}");
+        }
+        if let Some(&t) = mtimes.get(name) {
+            assert_eq!(head.mtime_ms, Some(i64::from(t) * 1000), "{name}");
+        }
+    }
 }
 
 proptest! {

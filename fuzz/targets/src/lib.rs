@@ -54,7 +54,7 @@ pub fn run(name: &str, data: &[u8]) {
 pub fn manifest(data: &[u8]) {
     if let Ok(m) = pai_store::manifest::Manifest::parse(data) {
         let mut n = 0u64;
-        let _ = m.for_each(|_, _, _, _| n += 1);
+        let _ = m.for_each(|_, _, _, _, _| n += 1);
     }
 }
 
@@ -116,24 +116,33 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             size: 1000,
             mtime_ms: 1_700_000_000_001,
             etag: Etag::Md5([7; 16]),
+            attrs: pai_store::attrs::Attrs {
+                mode: Some(0o100_755),
+                uid: Some(1000),
+                gid: None,
+                target: None,
+            },
         },
         Entry {
             key: (*b"a/c/").into(),
             size: 0,
             mtime_ms: 0,
             etag: Etag::None,
+            attrs: Default::default(),
         },
         Entry {
             key: (*b"big.bin").into(),
             size: 1_233_567,
             mtime_ms: -5,
             etag: Etag::Multipart([9; 16], 12),
+            attrs: Default::default(),
         },
         Entry {
             key: (*b"z").into(),
             size: 0,
             mtime_ms: 3,
             etag: Etag::Other("weird-etag".into()),
+            attrs: pai_store::attrs::Attrs::symlink(b"a/b.jpg", 0, 0),
         },
     ];
     let record: pai_mount_fs::write::journal::Record = serde_json::from_value(serde_json::json!({

@@ -4,10 +4,19 @@
 //! common prefixes become new listings, so up to `concurrency` directories are listed at once.
 //! Only compact [`Entry`] values are kept; pages are dropped as soon as they are folded in.
 //! A single flat directory is listed page by page (continuation tokens are sequential).
+//!
+//! ## Attributes
+//! A listing carries no user metadata, so modes, owners and symlinks ([`crate::attrs`]) come
+//! from two places after it:
+//! 1. the manifest stored under the prefix: an entry listed with the same key and ETag takes
+//!    that manifest's attributes and mtime (no request);
+//! 2. a HEAD of each object it does not cover, per [`AttrScan`] (and a GET of each symlink's
+//!    target). Directory markers are not HEADed: their attributes come from the manifest.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::StreamExt;
 use tokio::task::JoinSet;
 
 use super::{tree_cmp, Entry, Etag, Header, RESERVED_DIR};
@@ -17,15 +26,40 @@ use crate::object::{ListPage, ObjectSource, SourceError};
 /// a bucket with many directories listing at thousands of keys per second without throttling.
 pub const DEFAULT_LIST_CONCURRENCY: usize = 16;
 
+/// Which listed objects a build HEADs for their attributes (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrScan {
+    /// None: objects the stored manifest does not cover get the mount's defaults.
+    Off,
+    /// Those the stored manifest does not cover, when there are few: at most
+    /// [`AUTO_SCAN_WITH_MANIFEST`] under a prefix that has a manifest (a workspace the mount
+    /// wrote), at most [`AUTO_SCAN_WITHOUT`] otherwise (a dataset listed for the first time
+    /// is not HEADed object by object).
+    Auto,
+    /// Every object the stored manifest does not cover.
+    All,
+}
+
+/// [`AttrScan::Auto`]'s bound under a prefix with a stored manifest.
+pub const AUTO_SCAN_WITH_MANIFEST: usize = 100_000;
+/// [`AttrScan::Auto`]'s bound under a prefix without one.
+pub const AUTO_SCAN_WITHOUT: usize = 1_000;
+/// HEADs in flight during a scan.
+const SCAN_CONCURRENCY: usize = 32;
+
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub concurrency: usize,
+    pub attrs: AttrScan,
 }
 
+/// The default reads no attributes: `cp`, `warm` and the loader read bytes only. The mount
+/// and `manifest build` ask for [`AttrScan::Auto`].
 impl Default for BuildOptions {
     fn default() -> Self {
         Self {
             concurrency: DEFAULT_LIST_CONCURRENCY,
+            attrs: AttrScan::Off,
         }
     }
 }
@@ -35,6 +69,8 @@ impl Default for BuildOptions {
 pub struct BuildProgress {
     pub objects: AtomicU64,
     pub requests: AtomicU64,
+    /// Objects HEADed for their attributes.
+    pub heads: AtomicU64,
 }
 
 /// Lists the source's prefix and returns the manifest's header and its entries in tree order.
@@ -42,6 +78,17 @@ pub async fn build(
     source: &ObjectSource,
     options: &BuildOptions,
     progress: &BuildProgress,
+) -> Result<(Header, Vec<Entry>), SourceError> {
+    build_knowing(source, options, progress, None).await
+}
+
+/// [`build`], given the stored manifest's entries when the caller already read them
+/// (`Some(None)`: there is none, or it is unusable).
+async fn build_knowing(
+    source: &ObjectSource,
+    options: &BuildOptions,
+    progress: &BuildProgress,
+    stored: Option<Option<Vec<Entry>>>,
 ) -> Result<(Header, Vec<Entry>), SourceError> {
     let root = source.source().prefix.as_bytes().to_vec();
     let mut queue: VecDeque<(Vec<u8>, Option<String>)> = VecDeque::from([(root.clone(), None)]);
@@ -92,11 +139,19 @@ pub async fn build(
                 size: o.size,
                 mtime_ms: o.mtime_ms,
                 etag: Etag::parse(o.etag.as_deref()),
+                attrs: Default::default(),
             });
         }
     }
     entries.sort_unstable_by(|a, b| tree_cmp(&a.key, &b.key));
     entries.dedup_by(|a, b| a.key == b.key);
+    if options.attrs != AttrScan::Off {
+        let stored = match stored {
+            Some(known) => known,
+            None => stored_entries(source).await,
+        };
+        add_attrs(source, &mut entries, stored, options.attrs, progress).await;
+    }
     let header = Header {
         source: source.source().display_root(),
         built_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -106,6 +161,129 @@ pub async fn build(
         builder: format!("pai-mount {}", env!("CARGO_PKG_VERSION")),
     };
     Ok((header, entries))
+}
+
+/// The stored manifest's entries, if it exists and is usable.
+async fn stored_entries(source: &ObjectSource) -> Option<Vec<Entry>> {
+    match source.get_all(super::MANIFEST_KEY).await {
+        Ok(Some(bytes)) => super::Manifest::parse(&bytes)
+            .and_then(|m| m.entries())
+            .map_err(|e| tracing::info!("the stored manifest gives no attributes: {e}"))
+            .ok(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("reading the stored manifest for attributes: {e}");
+            None
+        }
+    }
+}
+
+/// Fills in attributes after a listing: from the stored manifest, then by HEADs. Best
+/// effort: what cannot be read keeps the mount's defaults (and is logged).
+async fn add_attrs(
+    source: &ObjectSource,
+    entries: &mut [Entry],
+    stored: Option<Vec<Entry>>,
+    scan: AttrScan,
+    progress: &BuildProgress,
+) {
+    let had_manifest = stored.is_some();
+    let mut unknown = Vec::new();
+    let mut old = stored.unwrap_or_default().into_iter().peekable();
+    for (i, e) in entries.iter_mut().enumerate() {
+        // Both are in tree order: walk them side by side.
+        while old.peek().is_some_and(|o| tree_cmp(&o.key, &e.key).is_lt()) {
+            old.next();
+        }
+        match old.peek() {
+            Some(o) if o.key == e.key && (o.etag == e.etag || e.key.ends_with(b"/")) => {
+                e.attrs = o.attrs.clone();
+                if !o.attrs.is_empty() {
+                    e.mtime_ms = o.mtime_ms;
+                }
+            }
+            _ if !e.key.ends_with(b"/") => unknown.push(i),
+            _ => {}
+        }
+    }
+    let limit = match scan {
+        AttrScan::Off => 0,
+        AttrScan::Auto if had_manifest => AUTO_SCAN_WITH_MANIFEST,
+        AttrScan::Auto => AUTO_SCAN_WITHOUT,
+        AttrScan::All => usize::MAX,
+    };
+    if unknown.is_empty() || scan == AttrScan::Off {
+        return;
+    }
+    if unknown.len() > limit {
+        tracing::warn!(
+            objects = unknown.len(),
+            limit,
+            "not reading the modes, owners and symlinks of objects the stored manifest does not cover (too many to HEAD each); \
+             `pai-mount manifest build --attrs all` reads them"
+        );
+        return;
+    }
+    let rels: Vec<(usize, String)> = unknown
+        .iter()
+        .filter_map(|&i| Some((i, String::from_utf8(entries[i].key.to_vec()).ok()?)))
+        .collect();
+    let failed = AtomicU64::new(0);
+    let found: Vec<(usize, Option<Found>)> = futures::stream::iter(rels)
+        .map(|(i, rel)| {
+            let failed = &failed;
+            async move {
+                progress.heads.fetch_add(1, Ordering::Relaxed);
+                match head_attrs(source, &rel).await {
+                    Ok(got) => (i, got),
+                    Err(e) => {
+                        // One object's attributes are not worth failing the build for.
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!("reading the attributes of {rel}: {e}");
+                        }
+                        (i, None)
+                    }
+                }
+            }
+        })
+        .buffer_unordered(SCAN_CONCURRENCY)
+        .collect()
+        .await;
+    let failed = failed.into_inner();
+    if failed > 0 {
+        tracing::warn!(
+            objects = failed,
+            "objects keep the mount's default attributes: their HEAD failed"
+        );
+    }
+    for (i, got) in found {
+        if let Some((attrs, mtime)) = got {
+            entries[i].attrs = attrs;
+            if let Some(ms) = mtime {
+                entries[i].mtime_ms = ms;
+            }
+        }
+    }
+}
+
+/// What a HEAD found: attributes and the `mtime` metadata.
+type Found = (crate::attrs::Attrs, Option<i64>);
+
+/// One object's attributes and mtime metadata (a HEAD, and a GET of a symlink's target);
+/// `None` if it was deleted since the listing.
+async fn head_attrs(source: &ObjectSource, rel: &str) -> Result<Option<Found>, String> {
+    let Some(h) = source.head_meta(rel).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let mut attrs = h.attrs;
+    if attrs.is_symlink() {
+        if h.size as usize > crate::attrs::MAX_TARGET {
+            return Err(format!("a symlink target of {} bytes", h.size));
+        }
+        let body = source.get_all(rel).await.map_err(|e| e.to_string())?;
+        attrs.target = Some(body.unwrap_or_default().to_vec().into());
+    }
+    Ok(Some((attrs, h.mtime_ms)))
 }
 
 /// Where a mount's namespace came from.
@@ -147,7 +325,8 @@ pub async fn load_or_list(
     tracing::warn!(
         "{why}; listing the prefix instead (run `pai-mount manifest build` to skip this)"
     );
-    let (header, entries) = build(source, options, &BuildProgress::default()).await?;
+    let (header, entries) =
+        build_knowing(source, options, &BuildProgress::default(), Some(None)).await?;
     let ns = crate::namespace::Namespace::from_entries(&entries, header.built_at_ms);
     Ok((ns, Origin::Listed { header, why }))
 }

@@ -17,9 +17,16 @@
 //!             zigzag varint     mtime in ms since the epoch
 //!             u8 etag kind      0 none, 1 md5 (16 bytes), 2 multipart md5 (16 bytes + varint parts),
 //!                               3 other (varint len + bytes, quotes stripped)
+//!             (version 2 only)  u8 attribute flags, then each attribute flagged, in this order:
+//!                               1 mode (varint st_mode), 2 uid (varint), 4 gid (varint),
+//!                               8 symlink target (varint len + bytes)
 //! crc32     u32      CRC-32 (IEEE) of every byte before it
 //! trailer   8 bytes  "PAIMNEND"
 //! ```
+//! Version 2 adds POSIX attributes ([`crate::attrs`]); a manifest without any is written as
+//! version 1, so readers that predate version 2 still load dataset manifests. Both load.
+//! A directory's attributes ride on its marker entry (`dir/`). In version 2 an entry's mtime is
+//! the file's mtime (the `mtime` metadata when the object has it), not the upload time.
 //! Entries are sorted in *tree order* ([`tree_cmp`]): bytewise, with `/` sorting before every
 //! other byte, so that a directory's children come out in name order and a depth-first tree
 //! can be built in one pass. A reader rejects an unknown version, a bad checksum, a truncated
@@ -29,7 +36,12 @@ mod build;
 
 use std::cmp::Ordering;
 
-pub use build::{build, build_and_store, load_or_list, BuildOptions, BuildProgress, Origin};
+use crate::attrs::Attrs;
+
+pub use build::{
+    build, build_and_store, load_or_list, AttrScan, BuildOptions, BuildProgress, Origin,
+    AUTO_SCAN_WITHOUT, AUTO_SCAN_WITH_MANIFEST,
+};
 
 /// The directory under the prefix that pai-mount owns. Hidden from the mount.
 pub const RESERVED_DIR: &str = ".pai-mount";
@@ -38,7 +50,14 @@ pub const MANIFEST_KEY: &str = ".pai-mount/manifest.v1";
 
 const MAGIC: &[u8; 8] = b"PAIMNFST";
 const TRAILER: &[u8; 8] = b"PAIMNEND";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 2;
+/// The format of manifests without attributes.
+const PLAIN_VERSION: u32 = 1;
+const ATTR_MODE: u8 = 1;
+const ATTR_UID: u8 = 2;
+const ATTR_GID: u8 = 4;
+const ATTR_TARGET: u8 = 8;
 
 /// An object's ETag, stored compactly when it is the usual MD5 form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -101,6 +120,8 @@ pub struct Entry {
     pub size: u64,
     pub mtime_ms: i64,
     pub etag: Etag,
+    /// Mode, owner, group and symlink target, where known.
+    pub attrs: Attrs,
 }
 
 /// The manifest's JSON header.
@@ -171,8 +192,14 @@ pub fn encode(header: &Header, entries: &[Entry]) -> Vec<u8> {
         .all(|w| tree_cmp(&w[0].key, &w[1].key).is_lt()));
     let header_json = serde_json::to_vec(header).expect("header serializes");
     let mut out = Vec::with_capacity(64 + header_json.len() + entries.len() * 40);
+    let with_attrs = entries.iter().any(|e| !e.attrs.is_empty());
+    let version = if with_attrs {
+        FORMAT_VERSION
+    } else {
+        PLAIN_VERSION
+    };
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(header_json.len() as u32).to_le_bytes());
     out.extend_from_slice(&header_json);
     let mut prev: &[u8] = &[];
@@ -204,6 +231,9 @@ pub fn encode(header: &Header, entries: &[Entry]) -> Vec<u8> {
                 out.extend_from_slice(s.as_bytes());
             }
         }
+        if with_attrs {
+            put_attrs(&mut out, &e.attrs);
+        }
         prev = &e.key;
     }
     let crc = crc32fast::hash(&out);
@@ -212,10 +242,32 @@ pub fn encode(header: &Header, entries: &[Entry]) -> Vec<u8> {
     out
 }
 
+fn put_attrs(out: &mut Vec<u8>, a: &Attrs) {
+    // A symlink always carries a target (empty if unknown), so the pair always decodes.
+    let target = a
+        .is_symlink()
+        .then(|| a.target.as_deref().unwrap_or_default());
+    let flag = |present: bool, bit: u8| if present { bit } else { 0 };
+    let flags = flag(a.mode.is_some(), ATTR_MODE)
+        | flag(a.uid.is_some(), ATTR_UID)
+        | flag(a.gid.is_some(), ATTR_GID)
+        | flag(target.is_some(), ATTR_TARGET);
+    out.push(flags);
+    for v in [a.mode, a.uid, a.gid].into_iter().flatten() {
+        put_varint(out, u64::from(v));
+    }
+    if let Some(t) = target {
+        put_varint(out, t.len() as u64);
+        out.extend_from_slice(t);
+    }
+}
+
 /// A validated manifest, read lazily: [`Manifest::entries`] decodes one entry at a time.
 #[derive(Debug)]
 pub struct Manifest<'a> {
     pub header: Header,
+    /// The format version it was written in.
+    pub version: u32,
     body: &'a [u8],
 }
 
@@ -229,7 +281,7 @@ impl<'a> Manifest<'a> {
             return Err(ManifestError::Truncated);
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-        if version != FORMAT_VERSION {
+        if !(PLAIN_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ManifestError::UnsupportedVersion(version));
         }
         if bytes.len() < 16 + 12 {
@@ -265,13 +317,18 @@ impl<'a> Manifest<'a> {
             .map_err(|e| ManifestError::BadHeader(e.to_string()))?;
         Ok(Self {
             header,
+            version,
             body: &bytes[body_start..crc_at],
         })
     }
 
     /// Decodes the entries in order. Each item borrows a key buffer that the next item reuses.
-    pub fn for_each(&self, mut f: impl FnMut(&[u8], u64, i64, Etag)) -> Result<(), ManifestError> {
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&[u8], u64, i64, Etag, Attrs),
+    ) -> Result<(), ManifestError> {
         let mut pos = 0usize;
+        let with_attrs = self.version >= 2;
         let body = self.body;
         let mut key: Vec<u8> = Vec::with_capacity(256);
         for index in 0..self.header.object_count {
@@ -326,8 +383,9 @@ impl<'a> Manifest<'a> {
                 }
                 3 => {
                     let len = varint(&mut pos)? as usize;
-                    let s = body
-                        .get(pos..pos + len)
+                    let s = pos
+                        .checked_add(len)
+                        .and_then(|end| body.get(pos..end))
                         .ok_or_else(|| bad("truncated etag"))?;
                     pos += len;
                     let s = std::str::from_utf8(s).map_err(|_| bad("etag is not UTF-8"))?;
@@ -335,7 +393,43 @@ impl<'a> Manifest<'a> {
                 }
                 _ => return Err(bad("unknown etag kind")),
             };
-            f(&key, size, mtime, etag);
+            let mut attrs = Attrs::default();
+            if with_attrs {
+                let flags = *body.get(pos).ok_or_else(|| bad("truncated attributes"))?;
+                pos += 1;
+                if flags & !(ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_TARGET) != 0 {
+                    return Err(bad("unknown attribute flags"));
+                }
+                let small = |flag: u8, pos: &mut usize| -> Result<Option<u32>, ManifestError> {
+                    if flags & flag == 0 {
+                        return Ok(None);
+                    }
+                    let v = varint(pos)?;
+                    u32::try_from(v)
+                        .map(Some)
+                        .map_err(|_| bad("attribute out of range"))
+                };
+                attrs.mode = small(ATTR_MODE, &mut pos)?;
+                attrs.uid = small(ATTR_UID, &mut pos)?;
+                attrs.gid = small(ATTR_GID, &mut pos)?;
+                if flags & ATTR_TARGET != 0 {
+                    let len = varint(&mut pos)? as usize;
+                    if len > crate::attrs::MAX_TARGET {
+                        return Err(bad("symlink target too long"));
+                    }
+                    let t = body
+                        .get(pos..pos + len)
+                        .ok_or_else(|| bad("truncated symlink target"))?;
+                    pos += len;
+                    attrs.target = Some(t.into());
+                }
+                if attrs.target.is_some() != attrs.is_symlink() {
+                    return Err(bad(
+                        "a symlink target without a symlink mode, or the reverse",
+                    ));
+                }
+            }
+            f(&key, size, mtime, etag, attrs);
         }
         if pos != body.len() {
             return Err(ManifestError::BadEntry {
@@ -349,12 +443,13 @@ impl<'a> Manifest<'a> {
     /// Decodes every entry into memory.
     pub fn entries(&self) -> Result<Vec<Entry>, ManifestError> {
         let mut out = Vec::with_capacity(self.header.object_count as usize);
-        self.for_each(|key, size, mtime_ms, etag| {
+        self.for_each(|key, size, mtime_ms, etag, attrs| {
             out.push(Entry {
                 key: key.into(),
                 size,
                 mtime_ms,
                 etag,
+                attrs,
             })
         })?;
         Ok(out)

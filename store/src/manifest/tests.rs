@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::attrs::Attrs;
 
 fn entry(key: &[u8], size: u64, etag: Etag) -> Entry {
     Entry {
@@ -8,6 +9,7 @@ fn entry(key: &[u8], size: u64, etag: Etag) -> Entry {
         size,
         mtime_ms: 1_700_000_000_123,
         etag,
+        attrs: Attrs::default(),
     }
 }
 
@@ -67,13 +69,13 @@ fn corrupt_manifests_are_rejected_with_reasons() {
         Manifest::parse(b"garbage!"),
         Err(ManifestError::BadMagic)
     ));
-    let mut v2 = bytes.clone();
-    v2[8] = 2;
+    let mut v3 = bytes.clone();
+    v3[8] = 3;
     assert!(matches!(
-        Manifest::parse(&v2),
-        Err(ManifestError::UnsupportedVersion(2))
+        Manifest::parse(&v3),
+        Err(ManifestError::UnsupportedVersion(3))
     ));
-    assert!(Manifest::parse(&v2)
+    assert!(Manifest::parse(&v3)
         .unwrap_err()
         .to_string()
         .contains("manifest build"));
@@ -98,6 +100,68 @@ fn out_of_order_entries_are_rejected() {
     assert!(err.contains("out of order"), "{err}");
 }
 
+#[test]
+fn attributes_make_a_version_2_manifest_and_plain_ones_stay_version_1() {
+    use crate::attrs::{S_IFDIR, S_IFREG};
+    let plain = vec![entry(b"a", 1, Etag::None)];
+    let bytes = encode(&header(1), &plain);
+    assert_eq!(bytes[8], 1, "no attributes: readable by older builds");
+    assert_eq!(Manifest::parse(&bytes).unwrap().entries().unwrap(), plain);
+    let mut rich = vec![
+        entry(b"bin/", 0, Etag::None),
+        entry(b"bin/python", 0, Etag::None),
+        entry(b"bin/run.sh", 10, Etag::None),
+        entry(b"lib64", 0, Etag::None),
+    ];
+    rich[0].attrs.mode = Some(S_IFDIR | 0o700);
+    rich[1].attrs = Attrs::symlink(b"/usr/bin/python3", 1000, 1000);
+    rich[2].attrs = Attrs {
+        mode: Some(S_IFREG | 0o755),
+        uid: Some(0),
+        gid: None,
+        target: None,
+    };
+    rich[3].attrs = Attrs::symlink(b"lib", 0, 0);
+    rich.sort_by(|a, b| tree_cmp(&a.key, &b.key));
+    let bytes = encode(&header(rich.len()), &rich);
+    assert_eq!(bytes[8], 2);
+    let m = Manifest::parse(&bytes).unwrap();
+    assert_eq!(m.version, 2);
+    assert_eq!(m.entries().unwrap(), rich);
+    // A symlink mode without its target (a writer's slip) still encodes to something that loads.
+    let mut slip = vec![entry(b"l", 0, Etag::None)];
+    slip[0].attrs.mode = Some(crate::attrs::S_IFLNK | 0o777);
+    let back = Manifest::parse(&encode(&header(1), &slip))
+        .unwrap()
+        .entries()
+        .unwrap();
+    assert_eq!(back[0].attrs.target.as_deref(), Some(&b""[..]));
+}
+
+fn arb_attrs() -> impl Strategy<Value = Attrs> {
+    use crate::attrs::{S_IFLNK, S_IFREG};
+    prop_oneof![
+        Just(Attrs::default()),
+        (
+            proptest::option::of(0u32..0o7777),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(perm, uid, gid)| Attrs {
+                mode: perm.map(|p| S_IFREG | p),
+                uid,
+                gid,
+                target: None,
+            }),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|t| Attrs {
+            mode: Some(S_IFLNK | 0o777),
+            uid: None,
+            gid: Some(5),
+            target: Some(t.into()),
+        }),
+    ]
+}
+
 fn arb_etag() -> impl Strategy<Value = Etag> {
     prop_oneof![
         Just(Etag::None),
@@ -112,13 +176,13 @@ proptest! {
     fn manifest_round_trips(
         raw in proptest::collection::btree_map(
             proptest::collection::vec(any::<u8>(), 1..40),
-            (any::<u64>(), any::<i64>(), arb_etag()),
+            (any::<u64>(), any::<i64>(), arb_etag(), arb_attrs()),
             0..200,
         )
     ) {
         let mut entries: Vec<Entry> = raw
             .into_iter()
-            .map(|(key, (size, mtime_ms, etag))| Entry { key: key.into(), size, mtime_ms, etag })
+            .map(|(key, (size, mtime_ms, etag, attrs))| Entry { key: key.into(), size, mtime_ms, etag, attrs })
             .collect();
         entries.sort_by(|a, b| tree_cmp(&a.key, &b.key));
         let bytes = encode(&header(entries.len()), &entries);

@@ -3,6 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::attrs::Attrs;
 use crate::manifest::Entry;
 
 fn ns(keys: &[&[u8]]) -> Namespace {
@@ -13,9 +14,57 @@ fn ns(keys: &[&[u8]]) -> Namespace {
             size: k.len() as u64,
             mtime_ms: 0,
             etag: Etag::None,
+            attrs: Attrs::default(),
         })
         .collect();
     Namespace::from_entries(&entries, 0)
+}
+
+#[test]
+fn symlinks_and_attributes_come_from_entries() {
+    use crate::attrs::{S_IFDIR, S_IFREG};
+    let entry = |k: &[u8], attrs: Attrs| Entry {
+        key: k.into(),
+        size: 3,
+        mtime_ms: 7,
+        etag: Etag::None,
+        attrs,
+    };
+    let exec = Attrs {
+        mode: Some(S_IFREG | 0o755),
+        ..Attrs::default()
+    };
+    let private = Attrs {
+        mode: Some(S_IFDIR | 0o700),
+        uid: Some(42),
+        ..Attrs::default()
+    };
+    let n = Namespace::from_entries(
+        &[
+            entry(b"venv/", private.clone()),
+            entry(
+                b"venv/bin/python",
+                Attrs::symlink(b"/usr/bin/python3", 0, 0),
+            ),
+            entry(b"venv/bin/run", exec.clone()),
+            entry(b"venv/lib64", Attrs::symlink(b"lib", 0, 0)),
+            entry(b"venv/lib/x", Attrs::default()),
+        ],
+        0,
+    );
+    let venv = find(&n, "venv").unwrap();
+    assert_eq!(n.attrs(venv), Some(&private));
+    let py = find(&n, "venv/bin/python").unwrap();
+    let info = n.info(py).unwrap();
+    assert_eq!(info.kind, NodeKind::Symlink);
+    assert_eq!(info.size, 16, "a symlink's size is its target's length");
+    assert_eq!(n.link_target(py), Some(&b"/usr/bin/python3"[..]));
+    assert_eq!(n.attrs(find(&n, "venv/bin/run").unwrap()), Some(&exec));
+    assert_eq!(n.attrs(find(&n, "venv/lib/x").unwrap()), None);
+    assert_eq!(n.file_count(), 2, "symlinks are not data files");
+    assert!(n
+        .files()
+        .all(|id| n.info(id).unwrap().kind == NodeKind::File));
 }
 
 fn find(ns: &Namespace, path: &str) -> Option<u32> {
@@ -153,7 +202,7 @@ fn walk(
                 dirs.insert(p.clone());
                 walk(n, k, &p, files, dirs);
             }
-            NodeKind::File => {
+            NodeKind::File | NodeKind::Symlink => {
                 files.insert(p, info.size);
             }
         }

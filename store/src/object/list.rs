@@ -65,6 +65,19 @@ pub trait Lister: std::fmt::Debug + Send + Sync {
     async fn delete(&self, _key: &[u8]) -> Result<bool, SourceError> {
         Ok(false)
     }
+
+    /// Replaces the user metadata of object `key` (`x-amz-meta-` names without the prefix) by
+    /// copying it onto itself, if this lister speaks HTTP itself; `Ok(None)`: not handled here.
+    /// `marker` says `key` is a directory marker, which may not exist yet (it is created).
+    /// Returns the object's new ETag, if the store sent one.
+    async fn replace_metadata(
+        &self,
+        _key: &[u8],
+        _meta: &[(&'static str, String)],
+        _marker: bool,
+    ) -> Result<Option<Option<String>>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// Path encoding of a key: everything but unreserved characters and `/`.
@@ -155,11 +168,15 @@ impl S3Lister {
         &self,
         method: http::Method,
         url: &str,
+        headers: &[(String, String)],
         what: &(dyn Fn() -> String + Sync),
     ) -> Result<object_store::client::HttpRequest, SourceError> {
         let mut builder = http::Request::builder().method(method.clone()).uri(url);
         if method != http::Method::GET {
             builder = builder.header(http::header::CONTENT_LENGTH, "0");
+        }
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
         }
         let mut request: object_store::client::HttpRequest = builder
             .body(object_store::client::HttpRequestBody::empty())
@@ -193,10 +210,21 @@ impl S3Lister {
         url: &str,
         what: &(dyn Fn() -> String + Sync),
     ) -> Result<(http::StatusCode, Bytes), SourceError> {
+        self.send_with(method, url, &[], what).await
+    }
+
+    /// [`Self::send`] with extra (signed) headers.
+    async fn send_with(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(String, String)],
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<(http::StatusCode, Bytes), SourceError> {
         let mut delay = std::time::Duration::from_millis(100);
         let attempts = super::MAX_RETRIES as u32 + 1;
         for attempt in 1..=attempts {
-            let request = self.signed(method.clone(), url, what).await?;
+            let request = self.signed(method.clone(), url, headers, what).await?;
             let failure = match self.config.transport.send(request).await {
                 Ok(r) => {
                     let status = r.status();
@@ -317,7 +345,78 @@ pub fn parse_list_page(body: &[u8]) -> Result<ListPage, String> {
     })
 }
 
+/// A CopyObject answer: S3 may send 200 with an `<Error>` body when the copy failed late.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CopyResult {
+    #[serde(rename = "ETag")]
+    e_tag: Option<String>,
+}
+
 impl S3Lister {
+    /// Sets the user metadata of `key`: a copy onto itself with `REPLACE`, or for a directory
+    /// marker, a PUT of the empty marker with the metadata (the same bytes either way).
+    async fn metadata_request(
+        &self,
+        key: &[u8],
+        meta: &[(&'static str, String)],
+        marker: bool,
+    ) -> Result<Option<String>, SourceError> {
+        let what = || {
+            format!(
+                "metadata of {} in bucket {}",
+                String::from_utf8_lossy(key),
+                self.config.bucket
+            )
+        };
+        let url = format!(
+            "{}/{}",
+            self.config.endpoint.trim_end_matches('/'),
+            percent_encoding::percent_encode(key, KEY_PATH)
+        );
+        let mut headers: Vec<(String, String)> = meta
+            .iter()
+            .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
+            .collect();
+        if !marker {
+            headers.push((
+                "x-amz-copy-source".into(),
+                format!(
+                    "/{}/{}",
+                    self.config.bucket,
+                    percent_encoding::percent_encode(key, KEY_PATH)
+                ),
+            ));
+            headers.push(("x-amz-metadata-directive".into(), "REPLACE".into()));
+        }
+        let (status, body) = self
+            .send_with(http::Method::PUT, &url, &headers, &what)
+            .await?;
+        let failed = |why: String| match status.as_u16() {
+            401 | 403 => SourceError::Denied { what: what(), why },
+            404 => SourceError::Other {
+                what: what(),
+                why: format!("{why}: the object is gone"),
+            },
+            _ => SourceError::Other { what: what(), why },
+        };
+        if !status.is_success() {
+            let err: Option<ErrorBody> = quick_xml::de::from_reader(body.as_ref()).ok();
+            let code = err.and_then(|e| e.code).unwrap_or_default();
+            return Err(failed(format!("HTTP {status} {code}").trim().to_string()));
+        }
+        if marker || body.is_empty() {
+            return Ok(None);
+        }
+        if body.windows(7).any(|w| w == b"<Error>") {
+            let err: Option<ErrorBody> = quick_xml::de::from_reader(body.as_ref()).ok();
+            let code = err.and_then(|e| e.code).unwrap_or_default();
+            return Err(failed(format!("copy failed: {code}")));
+        }
+        let result: Option<CopyResult> = quick_xml::de::from_reader(body.as_ref()).ok();
+        Ok(result.and_then(|r| r.e_tag))
+    }
+
     async fn marker_request(&self, key: &[u8], create: bool) -> Result<(), SourceError> {
         let what = || {
             format!(
@@ -366,6 +465,15 @@ impl Lister for S3Lister {
 
     async fn marker(&self, key: &[u8], create: bool) -> Result<(), SourceError> {
         self.marker_request(key, create).await
+    }
+
+    async fn replace_metadata(
+        &self,
+        key: &[u8],
+        meta: &[(&'static str, String)],
+        marker: bool,
+    ) -> Result<Option<Option<String>>, SourceError> {
+        self.metadata_request(key, meta, marker).await.map(Some)
     }
 
     async fn delete(&self, key: &[u8]) -> Result<bool, SourceError> {
@@ -474,6 +582,16 @@ impl Lister for LocalLister {
                 what: "listing".into(),
                 why: e.to_string(),
             })?
+    }
+
+    /// A local directory cannot keep user metadata: attributes live in the manifest only.
+    async fn replace_metadata(
+        &self,
+        _key: &[u8],
+        _meta: &[(&'static str, String)],
+        _marker: bool,
+    ) -> Result<Option<Option<String>>, SourceError> {
+        Ok(Some(None))
     }
 
     /// A marker is a directory here.

@@ -98,9 +98,33 @@ pub enum WriteErrorKind {
 /// The longest key S3 and OSS accept, in bytes of UTF-8.
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// The user metadata key that keeps a file's mtime (`x-amz-meta-mtime`), in seconds since
-/// the epoch with millisecond decimals.
-pub const MTIME_METADATA: &str = "mtime";
+/// What a HEAD tells of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadMeta {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub attrs: crate::attrs::Attrs,
+    /// The `mtime` metadata, if set.
+    pub mtime_ms: Option<i64>,
+}
+
+/// What an upload records in the object's user metadata besides its bytes (see
+/// [`crate::attrs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadMeta {
+    pub mtime_ms: Option<i64>,
+    pub attrs: crate::attrs::Attrs,
+}
+
+impl UploadMeta {
+    /// Only an mtime.
+    pub fn mtime(ms: i64) -> Self {
+        Self {
+            mtime_ms: Some(ms),
+            attrs: Default::default(),
+        }
+    }
+}
 
 /// A multipart upload in progress. Parts are sent in the order `put_part` is called; their
 /// futures may run concurrently.
@@ -471,33 +495,32 @@ impl ObjectSource {
         })
     }
 
-    fn attributes(&self, mtime_ms: Option<i64>) -> Attributes {
+    fn attributes(&self, meta: &UploadMeta) -> Attributes {
         let mut a = Attributes::new();
         // A local directory cannot keep user metadata.
-        if let (Some(ms), false) = (mtime_ms, self.source.kind == SourceKind::File) {
+        if self.source.kind == SourceKind::File {
+            return a;
+        }
+        for (name, value) in meta.attrs.to_metadata(meta.mtime_ms) {
             a.insert(
-                Attribute::Metadata(MTIME_METADATA.into()),
-                AttributeValue::from(format!(
-                    "{}.{:03}",
-                    ms.div_euclid(1000),
-                    ms.rem_euclid(1000)
-                )),
+                Attribute::Metadata(name.into()),
+                AttributeValue::from(value),
             );
         }
         a
     }
 
-    /// Writes a whole object in one request, with its mtime in user metadata. Returns the ETag.
+    /// Writes a whole object in one request, with `meta` in user metadata. Returns the ETag.
     pub async fn put_object(
         &self,
         rel: &str,
         bytes: Bytes,
-        mtime_ms: Option<i64>,
+        meta: &UploadMeta,
     ) -> Result<Option<String>, WriteError> {
         let path = self.write_path("put", rel)?;
         Metrics::add(&self.metrics.put_requests, 1);
         let options = PutOptions {
-            attributes: self.attributes(mtime_ms),
+            attributes: self.attributes(meta),
             ..Default::default()
         };
         let r = self
@@ -508,16 +531,16 @@ impl ObjectSource {
         Ok(r.e_tag)
     }
 
-    /// Starts a multipart upload of `rel`, with its mtime in user metadata.
+    /// Starts a multipart upload of `rel`, with `meta` in user metadata.
     pub async fn start_multipart(
         &self,
         rel: &str,
-        mtime_ms: Option<i64>,
+        meta: &UploadMeta,
     ) -> Result<MultipartWriter, WriteError> {
         let path = self.write_path("start upload of", rel)?;
         Metrics::add(&self.metrics.put_requests, 1);
         let options = PutMultipartOptions {
-            attributes: self.attributes(mtime_ms),
+            attributes: self.attributes(meta),
             ..Default::default()
         };
         let inner = self
@@ -612,6 +635,91 @@ impl ObjectSource {
             Ok(head) => Ok(Some(head)),
             Err(ReadError::Gone { .. }) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Size, ETag, attributes and mtime metadata of `rel` (one HEAD), or `None` if it does not
+    /// exist.
+    pub async fn head_meta(&self, rel: &str) -> Result<Option<HeadMeta>, ReadError> {
+        let path = self.path(rel)?;
+        Metrics::add(&self.metrics.head_requests, 1);
+        let options = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let r = match self.store.get_opts(&path, options).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.map_error(rel, None, e)),
+        };
+        let (attrs, mtime_ms) = crate::attrs::Attrs::from_metadata(|name| {
+            r.attributes
+                .get(&Attribute::Metadata(name.to_string().into()))
+                .map(|v| v.as_ref())
+        });
+        Ok(Some(HeadMeta {
+            size: r.meta.size,
+            etag: r.meta.e_tag.clone(),
+            attrs,
+            mtime_ms,
+        }))
+    }
+
+    /// Replaces the metadata of the existing object `rel` with `meta`: a server-side copy onto
+    /// itself, not a re-upload. Where the store's client cannot send such a copy (tests'
+    /// in-memory stores), the object is read and written back. Returns the new ETag, if known.
+    pub async fn set_meta(
+        &self,
+        rel: &str,
+        meta: &UploadMeta,
+    ) -> Result<Option<String>, WriteError> {
+        let key = self.full_key(rel);
+        Metrics::add(&self.metrics.copy_requests, 1);
+        let pairs = meta.attrs.to_metadata(meta.mtime_ms);
+        let other = |e: SourceError| WriteError {
+            op: "set metadata of",
+            key: key.clone(),
+            kind: match e {
+                SourceError::Denied { .. } => WriteErrorKind::Denied,
+                _ => WriteErrorKind::Other,
+            },
+            source: Box::new(e),
+        };
+        match self
+            .lister
+            .replace_metadata(key.as_bytes(), &pairs, false)
+            .await
+        {
+            Ok(Some(etag)) => return Ok(etag),
+            Ok(None) => {}
+            Err(e) => return Err(other(e)),
+        }
+        let bytes = self.get_all(rel).await.map_err(other)?.ok_or_else(|| {
+            other(SourceError::Other {
+                what: key.clone(),
+                why: "the object is gone".into(),
+            })
+        })?;
+        self.put_object(rel, bytes, meta).await
+    }
+
+    /// Creates the directory marker of `rel_dir` carrying `meta` (a directory's mode, owner
+    /// and times), or replaces the metadata of the existing one.
+    pub async fn marker_with_meta(
+        &self,
+        rel_dir: &str,
+        meta: &UploadMeta,
+    ) -> Result<(), SourceError> {
+        let key = format!("{}/", self.full_key(rel_dir));
+        Metrics::add(&self.metrics.put_requests, 1);
+        let pairs = meta.attrs.to_metadata(meta.mtime_ms);
+        match self
+            .lister
+            .replace_metadata(key.as_bytes(), &pairs, true)
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => self.lister.marker(key.as_bytes(), true).await,
         }
     }
 

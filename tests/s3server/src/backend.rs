@@ -188,6 +188,25 @@ impl Memory {
         etag
     }
 
+    /// Stores an object with user metadata (names without `x-amz-meta-`), as another client
+    /// (s3fs, ossfs) would have written it. Returns its ETag (unquoted).
+    pub fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        metadata: &[(&str, &str)],
+    ) -> String {
+        let data = data.into();
+        let etag = hex::encode(Md5::digest(&data));
+        let metadata = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.insert(bucket, key, data, etag.clone(), metadata);
+        etag
+    }
+
     pub fn get(&self, bucket: &str, key: &str) -> Option<StoredObject> {
         self.buckets.read().unwrap().get(bucket)?.get(key).cloned()
     }

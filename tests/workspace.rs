@@ -1,0 +1,375 @@
+//! The mount as a place to work: symlinks, modes, owners and times, through real FUSE mounts
+//! of the S3 test server, with git, tar, cp -a and Python virtual environments.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::*;
+use pai_test_s3::TestServer;
+
+fn unmount(m: &Mounted) -> String {
+    let out = Command::new(BIN)
+        .arg("unmount")
+        .arg(m.path())
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("pai-mount-test-state"),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn meta(s: &TestServer, key: &str) -> std::collections::HashMap<String, String> {
+    s.backend().get("bkt", key).expect(key).metadata
+}
+
+fn run(dir: &Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
+    let s = server();
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().join("s");
+    let args = ["--staging-dir", st.to_str().unwrap()];
+    let m = mount(&s, "s3://bkt/ws", &args);
+    let p = m.path();
+    std::fs::create_dir(p.join("bin")).unwrap();
+    std::fs::write(p.join("bin/run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(p.join("bin/run.sh"), PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("run.sh", p.join("bin/rel")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/env", p.join("bin/abs")).unwrap();
+    std::fs::write(p.join("notes.txt"), "n").unwrap();
+    std::os::unix::fs::chown(p.join("notes.txt"), Some(4321), Some(765)).unwrap();
+    let when = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(p.join("notes.txt"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let check = |p: &Path| {
+        let md = std::fs::symlink_metadata(p.join("bin/rel")).unwrap();
+        assert!(md.file_type().is_symlink());
+        assert_eq!(md.len(), 6);
+        assert_eq!(
+            std::fs::read_link(p.join("bin/rel")).unwrap(),
+            Path::new("run.sh")
+        );
+        assert_eq!(
+            std::fs::read_link(p.join("bin/abs")).unwrap(),
+            Path::new("/usr/bin/env")
+        );
+        // The kernel follows the link: reading it reads the script.
+        assert_eq!(
+            std::fs::read_to_string(p.join("bin/rel")).unwrap(),
+            "#!/bin/sh\necho ran\n"
+        );
+        let mode = std::fs::metadata(p.join("bin/run.sh")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        assert_eq!(run(p, "bin/run.sh", &[]), "ran\n");
+        let notes = std::fs::metadata(p.join("notes.txt")).unwrap();
+        assert_eq!((notes.uid(), notes.gid()), (4321, 765));
+        assert_eq!(notes.modified().unwrap(), when);
+        assert_eq!(notes.mode() & 0o7777, 0o644, "the default mode");
+    };
+    check(p);
+    let text = unmount(&m);
+    assert!(text.contains("all uploads finished"), "{text}");
+    // The bucket has the s3fs encoding.
+    let link = s.backend().get("bkt", "ws/bin/rel").unwrap();
+    assert_eq!(&link.data[..], b"run.sh");
+    assert_eq!(link.metadata["mode"], (0o120_777u32).to_string());
+    assert_eq!(
+        meta(&s, "ws/bin/run.sh")["mode"],
+        (0o100_755u32).to_string()
+    );
+    assert_eq!(meta(&s, "ws/notes.txt")["uid"], "4321");
+    assert_eq!(meta(&s, "ws/notes.txt")["mtime"], "1600000000.000");
+
+    // From the saved manifest: no HEAD, no data read for stat or readlink.
+    let m = mount(&s, "s3://bkt/ws", &args);
+    assert!(
+        m.log().contains("loaded the stored manifest"),
+        "{}",
+        m.log()
+    );
+    let heads = s.backend().counters.head();
+    let gets = s.backend().counters.get();
+    let md = std::fs::symlink_metadata(m.path().join("bin/abs")).unwrap();
+    assert!(md.file_type().is_symlink());
+    assert_eq!(
+        std::fs::read_link(m.path().join("bin/abs")).unwrap(),
+        Path::new("/usr/bin/env")
+    );
+    assert_eq!(
+        (s.backend().counters.head(), s.backend().counters.get()),
+        (heads, gets)
+    );
+    check(m.path());
+
+    // A mode change of an uploaded file is a copy onto itself, not an upload.
+    let (puts, copies) = (
+        s.backend().counters.put(),
+        s.backend()
+            .counters
+            .copy
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    std::fs::set_permissions(m.path().join("notes.txt"), PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(meta(&s, "ws/notes.txt")["mode"], (0o100_600u32).to_string());
+    assert_eq!(
+        s.backend()
+            .counters
+            .copy
+            .load(std::sync::atomic::Ordering::Relaxed),
+        copies + 1
+    );
+    assert_eq!(s.backend().counters.put(), puts, "no upload");
+    assert_eq!(meta(&s, "ws/notes.txt")["uid"], "4321", "the rest is kept");
+    unmount(&m);
+
+    // Without a manifest, a listing and HEADs of the few objects find the same.
+    assert!(s.backend().delete("bkt", "ws/.pai-mount/manifest.v1"));
+    let m = mount(&s, "s3://bkt/ws", &args);
+    assert!(m.log().contains("listing the prefix"), "{}", m.log());
+    let p = m.path();
+    assert_eq!(
+        std::fs::read_link(p.join("bin/rel")).unwrap(),
+        Path::new("run.sh")
+    );
+    assert_eq!(
+        std::fs::metadata(p.join("notes.txt")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    assert_eq!(run(p, "bin/run.sh", &[]), "ran\n");
+    // A symlink's rename keeps it a symlink; unlink removes the object.
+    std::fs::rename(p.join("bin/abs"), p.join("abs2")).unwrap();
+    assert_eq!(
+        std::fs::read_link(p.join("abs2")).unwrap(),
+        Path::new("/usr/bin/env")
+    );
+    std::fs::remove_file(p.join("bin/rel")).unwrap();
+    unmount(&m);
+    assert!(s.backend().get("bkt", "ws/bin/rel").is_none());
+    assert_eq!(
+        &s.backend().get("bkt", "ws/abs2").unwrap().data[..],
+        b"/usr/bin/env"
+    );
+}
+
+#[test]
+fn objects_written_by_s3fs_look_the_same_through_the_mount() {
+    let s = server();
+    s.backend().put_with(
+        "bkt",
+        "fs/link",
+        b"target/file".to_vec(),
+        &[("mode", "41471"), ("uid", "0"), ("gid", "0")],
+    );
+    s.backend().put_with(
+        "bkt",
+        "fs/tool",
+        b"#!/bin/sh\n".to_vec(),
+        &[("mode", "33261"), ("mtime", "1500000000")],
+    );
+    s.backend().put("bkt", "fs/plain", b"x".to_vec());
+    // The first listing of a small prefix HEADs its objects; `--attrs off` does not.
+    let m = mount(&s, "s3://bkt/fs", &["--read-only"]);
+    let p = m.path();
+    assert_eq!(
+        std::fs::read_link(p.join("link")).unwrap(),
+        Path::new("target/file")
+    );
+    let tool = std::fs::metadata(p.join("tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o755);
+    assert_eq!(
+        tool.modified().unwrap(),
+        UNIX_EPOCH + Duration::from_secs(1_500_000_000)
+    );
+    assert_eq!(
+        std::fs::metadata(p.join("plain")).unwrap().mode() & 0o7777,
+        0o644
+    );
+    drop(m);
+    let m = mount(&s, "s3://bkt/fs", &["--read-only", "--attrs", "off"]);
+    assert!(!std::fs::symlink_metadata(m.path().join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn git_tar_and_cp_a_round_trip_through_a_remount() {
+    let s = server();
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().join("s");
+    let args = ["--staging-dir", st.to_str().unwrap()];
+    // A repository with an executable script and a symlink, on local disk.
+    let src = tempfile::tempdir().unwrap();
+    let repo = src.path().join("repo");
+    std::fs::create_dir_all(repo.join("tools")).unwrap();
+    std::fs::write(repo.join("tools/build.sh"), "#!/bin/sh\necho built\n").unwrap();
+    std::fs::set_permissions(
+        repo.join("tools/build.sh"),
+        PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("tools/build.sh", repo.join("build")).unwrap();
+    std::fs::write(repo.join("README"), "hello\n").unwrap();
+    run(&repo, "git", &["init", "-q", "-b", "main"]);
+    run(&repo, "git", &["add", "."]);
+    run(
+        &repo,
+        "git",
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "init",
+        ],
+    );
+    let tarball = src.path().join("repo.tar");
+    run(
+        src.path(),
+        "tar",
+        &[
+            "cf",
+            tarball.to_str().unwrap(),
+            "-C",
+            repo.to_str().unwrap(),
+            "tools",
+            "build",
+            "README",
+        ],
+    );
+
+    let m = mount(&s, "s3://bkt/home", &args);
+    let p = m.path();
+    run(p, "git", &["clone", "-q", repo.to_str().unwrap(), "clone"]);
+    std::fs::create_dir(p.join("x")).unwrap();
+    run(&p.join("x"), "tar", &["xf", tarball.to_str().unwrap()]);
+    run(
+        p,
+        "cp",
+        &["-a", repo.join("tools").to_str().unwrap(), "copied"],
+    );
+    unmount(&m);
+
+    let m = mount(&s, "s3://bkt/home", &args);
+    let p = m.path();
+    let clone = p.join("clone");
+    assert_eq!(run(&clone, "git", &["status", "--porcelain"]), "", "clean");
+    assert_eq!(run(&clone, "./build", &[]), "built\n");
+    assert!(std::fs::symlink_metadata(clone.join("build"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    run(
+        &p.join("x"),
+        "tar",
+        &["--compare", "-f", tarball.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::metadata(p.join("copied/build.sh")).unwrap().mode() & 0o7777,
+        0o755
+    );
+}
+
+/// A wheel of one module, built by hand (a zip with its metadata), so that installing it
+/// needs no network and no build backend.
+fn write_wheel(dir: &Path) -> std::path::PathBuf {
+    let wheel = dir.join("hello_ws-0.1-py3-none-any.whl");
+    let script = r#"
+import base64, hashlib, sys, zipfile
+files = {
+    "hello_ws/__init__.py": "def greet():\n    return 'hi from the mount'\n",
+    "hello_ws-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: hello-ws\nVersion: 0.1\n",
+    "hello_ws-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    for name, text in files.items():
+        data = text.encode()
+        z.writestr(name, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("hello_ws-0.1.dist-info/RECORD,,")
+    z.writestr("hello_ws-0.1.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, wheel.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wheel
+}
+
+#[test]
+fn a_python_venv_on_the_mount_installs_imports_and_survives_a_remount() {
+    let s = server();
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().join("s");
+    let args = ["--staging-dir", st.to_str().unwrap()];
+    let wheels = tempfile::tempdir().unwrap();
+    let wheel = write_wheel(wheels.path());
+    let m = mount(&s, "s3://bkt/envs", &args);
+    let p = m.path();
+    run(p, "python3", &["-m", "venv", "venv"]);
+    run(
+        p,
+        "venv/bin/python",
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--disable-pip-version-check",
+            wheel.to_str().unwrap(),
+        ],
+    );
+    let greet = ["-c", "import hello_ws; print(hello_ws.greet())"];
+    assert_eq!(run(p, "venv/bin/python", &greet), "hi from the mount\n");
+    unmount(&m);
+    let m = mount(&s, "s3://bkt/envs", &args);
+    let p = m.path();
+    assert!(std::fs::symlink_metadata(p.join("venv/bin/python"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(run(p, "venv/bin/python", &greet), "hi from the mount\n");
+    // pip's own entry point is an executable script (its `#!` names the first mount's path,
+    // as a venv moved on local disk would, so it is run through the interpreter here).
+    let pip = std::fs::metadata(p.join("venv/bin/pip")).unwrap();
+    assert_eq!(pip.mode() & 0o111, 0o111);
+    run(p, "venv/bin/python", &["venv/bin/pip", "--version"]);
+}
