@@ -373,3 +373,83 @@ fn a_python_venv_on_the_mount_installs_imports_and_survives_a_remount() {
     assert_eq!(pip.mode() & 0o111, 0o111);
     run(p, "venv/bin/python", &["venv/bin/pip", "--version"]);
 }
+
+/// Bytes the server received in PUT and part bodies.
+fn bytes_in(s: &TestServer) -> u64 {
+    s.backend()
+        .counters
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn appends_and_partial_overwrites_send_what_changed() {
+    use std::io::{Seek, SeekFrom, Write};
+    let s = slow_server(20);
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().join("s");
+    let args = [
+        "--staging-dir",
+        st.to_str().unwrap(),
+        "--upload-part-size",
+        "8M",
+    ];
+    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i % 253) as u8).collect();
+    s.backend().put("bkt", "logs/big.bin", big.clone());
+    let m = mount(&s, "s3://bkt/logs", &args);
+    let log = m.path().join("train.log");
+    // A training loop's log: open, append 100 KB, close, other work, 100 times.
+    let chunk = vec![b'x'; 100_000];
+    let mut sent_from = None;
+    let mut written = 0u64;
+    for i in 0..100 {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap();
+        f.write_all(&chunk).unwrap();
+        drop(f);
+        written += chunk.len() as u64;
+        if sent_from.is_none() && written >= 6 << 20 {
+            // From here on the object is past the minimum part: appends are patches.
+            std::thread::sleep(Duration::from_millis(300));
+            sent_from = Some((bytes_in(&s), i));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = unmount(&m);
+    assert!(text.contains("all uploads finished"), "{text}");
+    let daemon_log = m.log();
+    let obj = s.backend().get("bkt", "logs/train.log").unwrap();
+    assert_eq!(obj.data.len() as u64, written);
+    assert!(obj.data.iter().all(|&b| b == b'x'));
+    let (before, at) = sent_from.unwrap();
+    let appended_after = (99 - at) as u64 * chunk.len() as u64;
+    let sent_after = bytes_in(&s) - before;
+    assert!(
+        sent_after <= 2 * appended_after + (1 << 20),
+        "sent {sent_after} bytes for {appended_after} appended (the manifest included)\n{daemon_log}"
+    );
+
+    // A 4 KiB overwrite inside a 64 MiB object sends about one part, not the object.
+    let m = mount(&s, "s3://bkt/logs", &args);
+    let before = bytes_in(&s);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path().join("big.bin"))
+        .unwrap();
+    f.seek(SeekFrom::Start(40 << 20)).unwrap();
+    f.write_all(&[0xEE; 4096]).unwrap();
+    drop(f);
+    unmount(&m);
+    let sent = bytes_in(&s) - before;
+    assert!(
+        sent <= (9 << 20) + (1 << 20),
+        "sent {sent} bytes for a 4 KiB change"
+    );
+    let got = s.backend().get("bkt", "logs/big.bin").unwrap();
+    let mut want = big;
+    want[40 << 20..(40 << 20) + 4096].fill(0xEE);
+    assert!(got.data[..] == want[..], "the new version is exact");
+}

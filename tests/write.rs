@@ -10,22 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pai_test_s3::{BackgroundServer, ServerConfig, TestServer};
+use pai_test_s3::TestServer;
 
 fn data(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
         .collect()
-}
-
-fn slow_server(latency_ms: u64) -> BackgroundServer {
-    let s = TestServer::start_background(ServerConfig {
-        latency: Duration::from_millis(latency_ms),
-        ..ServerConfig::default()
-    })
-    .unwrap();
-    s.backend().create_bucket("bkt");
-    s
 }
 
 fn object(s: &TestServer, key: &str) -> Option<Vec<u8>> {

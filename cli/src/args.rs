@@ -268,6 +268,10 @@ pub struct WriteArgs {
     /// written (costs CPU during the write; see docs/benchmarks.md)
     #[arg(long)]
     pub early_upload: bool,
+    /// Keep written files' staging copies after their upload, up to this many bytes, so that
+    /// reopening one to append or patch needs no download (0: drop them at once)
+    #[arg(long, value_parser = parse_size, default_value = "2G")]
+    pub keep_staged: u64,
     /// Send reads and writes of files written in this mount through the daemon instead of
     /// letting the kernel use their staging files directly (FUSE passthrough)
     #[arg(long)]

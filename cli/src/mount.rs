@@ -453,6 +453,7 @@ fn start(
             max_attempts: a.write.upload_attempts.max(1),
             retry_delay: a.write.upload_retry_delay,
             early_upload: a.write.early_upload,
+            keep_staged: a.write.keep_staged,
             ..WriteConfig::new(dir)
         }
     });

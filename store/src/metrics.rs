@@ -191,6 +191,13 @@ metrics! {
     uploads_superseded: Counter = "write.uploads_superseded",
     /// Bytes of completed uploads.
     uploaded_bytes: Counter = "write.uploaded_bytes",
+    /// Bytes sent in upload bodies (PUTs and parts, including attempts that were retried or
+    /// abandoned).
+    sent_bytes: Counter = "write.sent_bytes",
+    /// Uploads that reused unchanged ranges of the object with server-side copies.
+    patch_uploads: Counter = "write.patch_uploads",
+    /// Bytes those uploads copied on the server instead of sending.
+    copied_bytes: Counter = "write.copied_bytes",
     /// Bytes written through the daemon (writes through passthrough handles are not seen).
     write_bytes: Counter = "fs.write_bytes",
     /// Handles the kernel served straight from a staging file (FUSE passthrough).

@@ -215,3 +215,71 @@ async fn writes_copies_deletes_and_markers_against_the_server() {
         s.delete("y.txt").await.unwrap();
     }
 }
+
+#[tokio::test]
+#[allow(clippy::single_range_in_vec_init)]
+async fn patch_uploads_copy_unchanged_ranges_on_the_server_and_send_the_rest() {
+    use pai_store::attrs::Attrs;
+    use pai_store::object::patch::{plan, Piece, MIN_PART};
+    use pai_store::object::UploadMeta;
+    use std::sync::atomic::Ordering::Relaxed;
+    for path_style in [true, false] {
+        let s = TestServer::start(ServerConfig::default()).await.unwrap();
+        s.backend().create_bucket("bkt");
+        let old: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let etag = s.backend().put("bkt", "p/log", old.clone());
+        let src = connect(&s, "s3://bkt/p", path_style).await;
+        // An append of 100 KB to a 12 MiB object.
+        let tail = vec![7u8; 100_000];
+        let new_len = old.len() as u64 + tail.len() as u64;
+        let pieces = plan(
+            old.len() as u64,
+            new_len,
+            &[old.len() as u64..new_len],
+            16 << 20,
+        )
+        .unwrap();
+        let meta = UploadMeta {
+            mtime_ms: Some(1_700_000_000_000),
+            attrs: Attrs {
+                mode: Some(0o100_600),
+                ..Attrs::default()
+            },
+        };
+        let up = src.start_patch("log", &etag, &meta).await.unwrap().unwrap();
+        let sent_before = s.backend().counters.bytes_in.load(Relaxed);
+        for (i, p) in pieces.iter().enumerate() {
+            match p {
+                Piece::Copy(r) => up.copy_part(i as u32 + 1, r.clone()).await.unwrap(),
+                Piece::Send(r) => {
+                    let start = (r.start - old.len() as u64) as usize;
+                    let end = (r.end - old.len() as u64) as usize;
+                    up.put_part(i as u32 + 1, tail[start..end].to_vec().into())
+                        .await
+                        .unwrap()
+                }
+            }
+        }
+        up.complete().await.unwrap();
+        let got = s.backend().get("bkt", "p/log").unwrap();
+        let mut want = old.clone();
+        want.extend_from_slice(&tail);
+        assert!(
+            got.data[..] == want[..],
+            "the new version is the old bytes plus the tail"
+        );
+        assert_eq!(got.metadata["mode"], "33152");
+        assert_eq!(
+            s.backend().counters.bytes_in.load(Relaxed) - sent_before,
+            tail.len() as u64,
+            "only the tail was sent"
+        );
+        assert!(s.backend().counters.bytes_copied.load(Relaxed) >= old.len() as u64);
+        // A base that changed meanwhile: the copy is refused (412), nothing becomes visible.
+        let up = src.start_patch("log", &etag, &meta).await.unwrap().unwrap();
+        let err = up.copy_part(1, 0..MIN_PART).await.unwrap_err();
+        assert!(err.to_string().contains("412"), "{err}");
+        up.abort().await;
+        assert!(s.backend().get("bkt", "p/log").unwrap().data[..] == want[..]);
+    }
+}

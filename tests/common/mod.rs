@@ -12,7 +12,17 @@ use pai_test_s3::{
 pub const BIN: &str = env!("CARGO_BIN_EXE_pai-mount");
 
 pub fn server() -> BackgroundServer {
-    let s = TestServer::start_background(ServerConfig::default()).unwrap();
+    slow_server(0)
+}
+
+/// A test server whose every request waits `latency_ms` first (as a distant store's first
+/// byte does), with the bucket `bkt`.
+pub fn slow_server(latency_ms: u64) -> BackgroundServer {
+    let s = TestServer::start_background(ServerConfig {
+        latency: Duration::from_millis(latency_ms),
+        ..ServerConfig::default()
+    })
+    .unwrap();
     s.backend().create_bucket("bkt");
     s
 }

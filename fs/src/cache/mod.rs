@@ -36,6 +36,7 @@
 
 pub mod engine;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -125,7 +126,14 @@ pub struct DiskCache {
     direct: AtomicBool,
     /// Buffers for whole block files (a 1 MiB payload behind a 4 KiB header).
     read_pool: Arc<BufPool>,
+    /// Blocks forgotten recently, with the forget epoch: a write of one that started before
+    /// its forget must not land (it may carry the bytes that were found damaged).
+    forgotten: Mutex<HashMap<[u8; 16], (u64, Instant)>>,
+    forget_epoch: AtomicU64,
 }
+
+/// How long a forgotten block's tombstone is kept: longer than any block write takes.
+const FORGET_TOMBSTONE: Duration = Duration::from_secs(120);
 
 fn io_err(dir: &Path) -> impl Fn(io::Error) -> CacheError + '_ {
     move |source| CacheError::Io {
@@ -184,6 +192,8 @@ impl DiskCache {
             tmp_seq: AtomicU64::new(0),
             direct: AtomicBool::new(true),
             read_pool: BufPool::new(BLOCK_SIZE as usize + ALIGN, READ_POOL_BUFFERS),
+            forgotten: Mutex::new(HashMap::new()),
+            forget_epoch: AtomicU64::new(0),
         };
         cache.scan().map_err(&err)?;
         tracing::info!(
@@ -308,8 +318,25 @@ impl DiskCache {
     }
 
     /// Deletes the block `id`, if cached (its bytes failed a check further up).
+    /// Deletes a block, and keeps any write of it already under way from landing.
     pub fn forget(&self, id: &BlockId) {
-        self.remove(&BlockId::name(&id.identity()));
+        let name = BlockId::name(&id.identity());
+        let epoch = self.forget_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut f = self.forgotten.lock().unwrap();
+            f.retain(|_, (_, at)| at.elapsed() < FORGET_TOMBSTONE);
+            f.insert(name, (epoch, Instant::now()));
+        }
+        self.remove(&name);
+    }
+
+    /// Whether block `name` was forgotten after epoch `since`.
+    fn forgotten_since(&self, name: &[u8; 16], since: u64) -> bool {
+        self.forgotten
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|(e, _)| *e > since)
     }
 
     fn remove(&self, name: &[u8; 16]) {
@@ -392,6 +419,7 @@ impl DiskCache {
     pub async fn put(&self, id: &BlockId, payload: Bytes) {
         let identity = id.identity();
         let name = BlockId::name(&identity);
+        let started = self.forget_epoch.load(Ordering::Acquire);
         if self.index.lock().unwrap().contains(&name) {
             return;
         }
@@ -439,6 +467,13 @@ impl DiskCache {
         match result {
             Ok(()) => {
                 let mut index = self.index.lock().unwrap();
+                if self.forgotten_since(&name, started) {
+                    // Forgotten while it was being written: it must not be served.
+                    drop(index);
+                    let _ = std::fs::remove_file(&path);
+                    Metrics::add(&self.metrics.disk_skipped, 1);
+                    return;
+                }
                 if index.put(name, file_len).is_none() {
                     self.used.fetch_add(file_len, Ordering::Relaxed);
                 }

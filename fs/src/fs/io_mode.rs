@@ -15,7 +15,11 @@
 //!   needs a readable descriptor, and a mapping of a passthrough file maps the staging file itself
 //!   and can outlive the release the daemon sees; with write-only handles no mapping can change
 //!   the staging file behind the daemon's back;
-//! - the staging file is neither dropped nor replaced while any passthrough handle is open.
+//! - the staging file is neither dropped nor replaced while any passthrough handle is open;
+//! - a file that can be uploaded as a patch of its object (it has one, and the daemon knows
+//!   which ranges changed: an append to a log, a small overwrite) is written through the daemon,
+//!   not through passthrough, so that its upload sends only those ranges. New and truncated
+//!   files, where everything changed anyway, are written through passthrough.
 //!
 //! ## The kernel's rule
 //! An inode is in one mode at a time: while a passthrough handle is open, the kernel refuses
@@ -127,18 +131,27 @@ impl Fs {
         let mut io = self.io.lock().unwrap();
         let counts = io.inodes.entry(ino).or_default();
         // Lock order: io modes, then the node's state.
-        let staged = node.and_then(|n| {
+        let (staged, patchable) = node.map_or((None, false), |n| {
             let st = n.state();
-            st.staged.clone().filter(|_| !st.unlinked)
+            let patchable = st
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.size >= crate::object::patch::MIN_PART)
+                && st.dirty.ranges().is_some();
+            (st.staged.clone().filter(|_| !st.unlinked), patchable)
         });
+        // A writer of a file that can still be uploaded as a patch (see the module docs)
+        // writes through the daemon, which sees what it changes.
+        let daemon_writes = access.writes() && patchable;
         let kind = if counts.passthrough > 0 {
-            if access == Access::ReadWrite {
+            if access == Access::ReadWrite || daemon_writes {
                 Kind::Direct
             } else {
                 Kind::Passthrough
             }
         } else if counts.cached == 0
             && access != Access::ReadWrite
+            && !daemon_writes
             && staged.is_some()
             && self.passthrough_enabled()
         {

@@ -326,6 +326,7 @@ impl Fs {
                     st.version += 1;
                     st.mtime_ms = now_ms();
                     let from = st.size;
+                    st.changed(from..end);
                     st.size = end;
                     wb.before_write(st, from, end);
                 }
@@ -401,6 +402,8 @@ impl Fs {
                 let mut st = node.state();
                 if let Some(s) = st.staged.clone() {
                     st.version += 1;
+                    let old = st.size;
+                    st.changed(old.min(size)..old.max(size));
                     st.size = size;
                     st.mtime_ms = now_ms();
                     wb.reset_stream(&mut st, size == 0);
@@ -413,8 +416,8 @@ impl Fs {
         Ok(())
     }
 
-    /// Changes size, mtime and atime. Mode and ownership cannot be stored: a change is `EPERM`,
-    /// and setting the values they already have succeeds.
+    /// Changes size, mtime, atime, mode and ownership (see docs/SEMANTICS.md, "Modes, owners
+    /// and symlinks").
     pub async fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr, FsError> {
         let (target, path) = self.resolve_path(ino)?;
         if let Some(t) = a.atime {

@@ -21,7 +21,10 @@
 //!   `close()`), at most `upload_files` upload at once, and at most `upload_parts` parts
 //!   (of `part_size` bytes) are in memory.
 
+pub mod dirty;
 pub mod journal;
+mod kept;
+mod patch;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -43,6 +46,8 @@ use journal::{Journal, Record, RecordState};
 pub const MAX_PARTS: u64 = 10_000;
 /// Staging files are handed to the kernel's writeback in regions of this size as they fill.
 const WRITEBACK_CHUNK: u64 = 8 << 20;
+/// Bytes of uploaded staging files kept as local copies, by default.
+pub const DEFAULT_KEEP_STAGED: u64 = 2 << 30;
 /// Parts of one file in flight while it is still being written (`early_upload`).
 const EARLY_PARTS: usize = 2;
 
@@ -67,6 +72,9 @@ pub struct WriteConfig {
     pub rename_dir_limit: usize,
     /// Send the completed parts of a sequentially written file before it is closed.
     pub early_upload: bool,
+    /// Bytes of staging files kept after their upload as local copies of the objects, so a
+    /// reopen to append needs no download (0: drop them at once).
+    pub keep_staged: u64,
 }
 
 impl WriteConfig {
@@ -81,6 +89,7 @@ impl WriteConfig {
             retry_delay: Duration::from_secs(1),
             rename_dir_limit: 10_000,
             early_upload: false,
+            keep_staged: DEFAULT_KEEP_STAGED,
         }
     }
 }
@@ -277,9 +286,27 @@ pub struct FileState {
     pub stream: Option<Stream>,
     /// Mode, owner, group and symlink target (uploaded as user metadata).
     pub attrs: crate::attrs::Attrs,
+    /// What changed since `remote` (the base an upload may copy unchanged ranges from).
+    pub dirty: dirty::Dirty,
+    /// What changed since the uploader last read the state (see [`FileState::changed`]).
+    pub changed_since_read: dirty::Dirty,
 }
 
 impl FileState {
+    /// Records that `r` of the content changed: since the base (for patch uploads), and since
+    /// the uploader read the state (an upload under way stays valid if nothing below its size
+    /// changed, as with appends).
+    pub fn changed(&mut self, r: std::ops::Range<u64>) {
+        self.dirty.add(r.clone());
+        self.changed_since_read.add(r);
+    }
+
+    /// Records that anything may have changed.
+    pub fn changed_all(&mut self) {
+        self.dirty.mark_all();
+        self.changed_since_read.mark_all();
+    }
+
     /// Takes in what passthrough writes did to a node's staging file since it was last marked:
     /// its size and mtime, and a new version. Returns whether it had changed.
     ///
@@ -297,6 +324,7 @@ impl FileState {
         };
         let Ok(meta) = staged.metadata() else {
             self.version += 1;
+            self.changed_all();
             return true;
         };
         let modified = meta.modified().ok();
@@ -308,6 +336,8 @@ impl FileState {
         if let Some(Ok(d)) = modified.map(|m| m.duration_since(std::time::UNIX_EPOCH)) {
             self.mtime_ms = d.as_millis() as i64;
         }
+        // The daemon did not see these writes: everything counts as changed.
+        self.changed_all();
         self.version += 1;
         self.mark(&staged, modified);
         true
@@ -444,6 +474,8 @@ impl FileNode {
                 seq_end: None,
                 stream: None,
                 attrs: Default::default(),
+                dirty: Default::default(),
+                changed_since_read: Default::default(),
             }),
             commit: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
@@ -509,6 +541,8 @@ pub struct WriteBack {
     dirty_marked: AtomicBool,
     uploading: AtomicU64,
     stopping: AtomicBool,
+    /// Staging files kept after their upload (see `kept`).
+    kept: Mutex<kept::Kept>,
 }
 
 impl std::fmt::Debug for WriteBack {
@@ -606,6 +640,7 @@ impl WriteBack {
             dirty_marked: AtomicBool::new(recovery.unsaved_namespace),
             uploading: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            kept: kept::Kept::new(),
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..wb.config.upload_files.max(1) {
@@ -726,6 +761,9 @@ impl WriteBack {
         if empty {
             st.version += 1;
             st.seq_end = Some(0);
+            st.changed_all();
+        } else {
+            st.dirty.clear();
         }
         st.size = size;
         Ok(staged)
@@ -734,6 +772,7 @@ impl WriteBack {
     /// Called under the node's state lock before a write of `offset..end` touches the staging
     /// file: a write into bytes already scheduled for upload kills the stream.
     pub fn before_write(&self, st: &mut FileState, offset: u64, end: u64) {
+        st.changed(offset..end);
         if st.stream.as_ref().is_some_and(|s| offset < s.scheduled_end) {
             if let Some(s) = st.stream.take() {
                 s.kill();
@@ -955,10 +994,11 @@ impl WriteBack {
         Ok(())
     }
 
-    /// Drops the staging file of a node whose content is in the bucket and that no handle
-    /// writes any more; reads then go to the object.
-    pub fn release_staging(&self, node: &FileNode) {
-        let staged = {
+    /// After the last handle of a node whose content is in the bucket: its staging file is
+    /// kept as a local copy (see `kept`) if the budget allows, else dropped (reads then go to
+    /// the object).
+    pub fn release_staging(&self, node: &Arc<FileNode>) {
+        let (staged, victims) = {
             let mut st = node.state();
             if st.writers > 0
                 || st.passthrough > 0
@@ -968,10 +1008,19 @@ impl WriteBack {
             {
                 return;
             }
-            st.staged.take()
+            let Some(s) = st.staged.clone() else {
+                return;
+            };
+            match self.keep_staged(node, s.id, st.size) {
+                Some(victims) => (None, Some(victims)),
+                None => (st.staged.take(), None),
+            }
         };
         if let Some(s) = staged {
             s.remove();
+        }
+        if let Some(v) = victims {
+            self.drop_kept(v);
         }
     }
 
@@ -1014,6 +1063,7 @@ impl WriteBack {
         node.changed.notify_waiters();
         if let Some(s) = staged {
             self.journaled.lock().unwrap().remove(&s.id);
+            self.unkeep(s.id);
             self.journal.remove(s.id)?;
             s.remove();
         }
@@ -1035,16 +1085,24 @@ impl WriteBack {
                 let mut st = node.state();
                 let staged = st.staged.clone();
                 match staged {
-                    Some(s) if st.pending() && st.version == st.flushed => Some(Version {
-                        key: st.key.clone(),
-                        staged: s,
-                        version: st.version,
-                        size: st.size,
-                        meta: UploadMeta {
-                            mtime_ms: Some(st.mtime_ms),
-                            attrs: st.attrs.clone(),
-                        },
-                    }),
+                    Some(s) if st.pending() && st.version == st.flushed => {
+                        st.changed_since_read.clear();
+                        Some(Version {
+                            key: st.key.clone(),
+                            staged: s,
+                            version: st.version,
+                            size: st.size,
+                            meta: UploadMeta {
+                                mtime_ms: Some(st.mtime_ms),
+                                attrs: st.attrs.clone(),
+                            },
+                            base: st
+                                .remote
+                                .as_ref()
+                                .and_then(|r| Some((r.size, r.etag.clone()?))),
+                            dirty: st.dirty.ranges().map(<[_]>::to_vec),
+                        })
+                    }
                     _ => {
                         // Nothing to send, or a writer is mid-way: its close queues it again.
                         st.queued = false;
@@ -1166,6 +1224,9 @@ impl WriteBack {
                 ),
             }
         }
+        if let Some(p) = self.send_patch(node, v).await {
+            return self.commit(node, v, Prepared::Patch(p)).await;
+        }
         let part = self.config.part_size.max(size.div_ceil(MAX_PARTS)).max(1);
         let prepared = if size <= part {
             let (permit, bytes) = self.held_part(staged, 0..size).await?;
@@ -1255,21 +1316,40 @@ impl WriteBack {
             // Writes the kernel made straight to the staging file since it was marked make
             // this version stale (and the bytes just sent possibly torn).
             st.take_in_writes();
-            !st.unlinked && st.version == version && st.key == key
+            // A newer version whose changes all lie past this one's end (appends) leaves the
+            // bytes sent exactly this version's: it can still be made visible, and the newer
+            // one follows. Anything else makes it stale.
+            let untouched = st
+                .changed_since_read
+                .ranges()
+                .is_some_and(|r| r.iter().all(|r| r.start >= size));
+            !st.unlinked && st.key == key && (st.version == version || untouched)
         };
         if !current {
-            if let Prepared::Multipart(mp) = prepared {
-                mp.abort().await;
+            match prepared {
+                Prepared::Multipart(mp) => mp.abort().await,
+                Prepared::Patch(p) => p.abort().await,
+                Prepared::Single(..) => {}
             }
             return Ok(false);
         }
         let etag = match prepared {
             Prepared::Single(bytes, _permit) => self.source.put_object(key, bytes, &v.meta).await?,
             Prepared::Multipart(mp) => mp.complete().await?,
+            Prepared::Patch(p) => {
+                let etag = p.complete().await?;
+                Metrics::add(&self.metrics.patch_uploads, 1);
+                etag
+            }
         };
         Metrics::add(&self.metrics.namespace_changes, 1);
-        self.journaled.lock().unwrap().remove(&staged.id);
-        self.journal.remove(staged.id)?;
+        // The record stays while a newer acknowledged version waits for its upload.
+        let newer_flushed = node.state().flushed > version;
+        if !newer_flushed {
+            self.journaled.lock().unwrap().remove(&staged.id);
+            self.journal.remove(staged.id)?;
+        }
+        let mut victims = None;
         let dropped = {
             // One critical section: a writer either bumped the version before this check
             // (and the staging file stays), or finds no staging file and stages again.
@@ -1277,14 +1357,25 @@ impl WriteBack {
             st.uploaded = version;
             st.remote = Some(Remote { size, etag });
             st.failed = None;
+            // The new object is the base now: what changed since is what changed since this
+            // version was read.
+            st.dirty = st.changed_since_read.clone();
             if st.writers == 0 && st.passthrough == 0 && st.version == version {
-                st.staged.take()
+                victims = self.keep_staged(node, staged.id, size);
+                if victims.is_some() {
+                    None
+                } else {
+                    st.staged.take()
+                }
             } else {
                 None
             }
         };
         if let Some(s) = dropped {
             s.remove();
+        }
+        if let Some(v) = victims {
+            self.drop_kept(v);
         }
         node.changed.notify_waiters();
         Ok(true)
@@ -1351,11 +1442,16 @@ struct Version {
     version: u64,
     size: u64,
     meta: UploadMeta,
+    /// The object now under the key (size, ETag), which unchanged ranges may be copied from.
+    base: Option<(u64, String)>,
+    /// What changed since `base`; `None`: everything.
+    dirty: Option<Vec<std::ops::Range<u64>>>,
 }
 
 enum Prepared {
     Single(Bytes, tokio::sync::OwnedSemaphorePermit),
     Multipart(crate::object::MultipartWriter),
+    Patch(crate::object::patch::PatchUpload),
 }
 
 async fn read_part(staged: &Arc<Staged>, range: std::ops::Range<u64>) -> io::Result<Bytes> {

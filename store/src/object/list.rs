@@ -66,6 +66,12 @@ pub trait Lister: std::fmt::Debug + Send + Sync {
         Ok(false)
     }
 
+    /// The S3 client itself, for requests `object_store` cannot make (multipart uploads with
+    /// server-side copies of ranges); `None` for other listers.
+    fn s3(&self) -> Option<&S3Lister> {
+        None
+    }
+
     /// Replaces the user metadata of object `key` (`x-amz-meta-` names without the prefix) by
     /// copying it onto itself, if this lister speaks HTTP itself; `Ok(None)`: not handled here.
     /// `marker` says `key` is a directory marker, which may not exist yet (it is created).
@@ -169,17 +175,18 @@ impl S3Lister {
         method: http::Method,
         url: &str,
         headers: &[(String, String)],
+        body: &Bytes,
         what: &(dyn Fn() -> String + Sync),
     ) -> Result<object_store::client::HttpRequest, SourceError> {
         let mut builder = http::Request::builder().method(method.clone()).uri(url);
         if method != http::Method::GET {
-            builder = builder.header(http::header::CONTENT_LENGTH, "0");
+            builder = builder.header(http::header::CONTENT_LENGTH, body.len().to_string());
         }
         for (name, value) in headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let mut request: object_store::client::HttpRequest = builder
-            .body(object_store::client::HttpRequestBody::empty())
+            .body(object_store::client::HttpRequestBody::from(body.clone()))
             .map_err(|e| SourceError::Other {
                 what: what(),
                 why: format!("building a request: {e}"),
@@ -221,10 +228,28 @@ impl S3Lister {
         headers: &[(String, String)],
         what: &(dyn Fn() -> String + Sync),
     ) -> Result<(http::StatusCode, Bytes), SourceError> {
+        let (status, _, body) = self
+            .exchange(method, url, headers, Bytes::new(), what)
+            .await?;
+        Ok((status, body))
+    }
+
+    /// One request with signed headers and a body, retried as [`Self::send`] is; returns the
+    /// final status, headers and whole body.
+    pub(crate) async fn exchange(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), SourceError> {
         let mut delay = std::time::Duration::from_millis(100);
         let attempts = super::MAX_RETRIES as u32 + 1;
         for attempt in 1..=attempts {
-            let request = self.signed(method.clone(), url, headers, what).await?;
+            let request = self
+                .signed(method.clone(), url, headers, &body, what)
+                .await?;
             let failure = match self.config.transport.send(request).await {
                 Ok(r) => {
                     let status = r.status();
@@ -232,8 +257,9 @@ impl S3Lister {
                     if retryable && attempt < attempts {
                         format!("HTTP {status}")
                     } else {
+                        let response_headers = r.headers().clone();
                         match r.into_body().bytes().await {
-                            Ok(body) => return Ok((status, body)),
+                            Ok(body) => return Ok((status, response_headers, body)),
                             Err(e) => e.to_string(),
                         }
                     }
@@ -343,6 +369,40 @@ pub fn parse_list_page(body: &[u8]) -> Result<ListPage, String> {
             .then_some(parsed.next_continuation_token)
             .flatten(),
     })
+}
+
+impl S3Lister {
+    /// The URL of `key` (a full key) with `query` (already encoded, may be empty).
+    pub(crate) fn object_url(&self, key: &[u8], query: &str) -> String {
+        let base = format!(
+            "{}/{}",
+            self.config.endpoint.trim_end_matches('/'),
+            percent_encoding::percent_encode(key, KEY_PATH)
+        );
+        if query.is_empty() {
+            base
+        } else {
+            format!("{base}?{query}")
+        }
+    }
+
+    /// `x-amz-copy-source` for `key` of this bucket.
+    pub(crate) fn copy_source(&self, key: &[u8]) -> String {
+        format!(
+            "/{}/{}",
+            self.config.bucket,
+            percent_encoding::percent_encode(key, KEY_PATH)
+        )
+    }
+}
+
+/// The `Code` of an S3 error body, if it is one.
+pub(crate) fn error_code(body: &[u8]) -> Option<String> {
+    if !body.windows(7).any(|w| w == b"<Error>") {
+        return None;
+    }
+    let err: Option<ErrorBody> = quick_xml::de::from_reader(body).ok();
+    Some(err.and_then(|e| e.code).unwrap_or_default())
 }
 
 /// A CopyObject answer: S3 may send 200 with an `<Error>` body when the copy failed late.
@@ -474,6 +534,10 @@ impl Lister for S3Lister {
         marker: bool,
     ) -> Result<Option<Option<String>>, SourceError> {
         self.metadata_request(key, meta, marker).await.map(Some)
+    }
+
+    fn s3(&self) -> Option<&S3Lister> {
+        Some(self)
     }
 
     async fn delete(&self, key: &[u8]) -> Result<bool, SourceError> {

@@ -16,6 +16,7 @@ pub mod checksum;
 pub mod credentials;
 pub mod faulty;
 pub mod list;
+pub mod patch;
 mod source;
 pub mod transport;
 
@@ -141,6 +142,7 @@ impl MultipartWriter {
         bytes: Bytes,
     ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send + 'static {
         Metrics::add(&self.metrics.put_requests, 1);
+        Metrics::add(&self.metrics.sent_bytes, bytes.len() as u64);
         let fut = self.inner.put_part(PutPayload::from_bytes(bytes));
         let key = self.key.clone();
         async move {
@@ -519,6 +521,7 @@ impl ObjectSource {
     ) -> Result<Option<String>, WriteError> {
         let path = self.write_path("put", rel)?;
         Metrics::add(&self.metrics.put_requests, 1);
+        Metrics::add(&self.metrics.sent_bytes, bytes.len() as u64);
         let options = PutOptions {
             attributes: self.attributes(meta),
             ..Default::default()

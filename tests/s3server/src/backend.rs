@@ -13,6 +13,8 @@ use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 /// Body chunk size for GET responses. Large slices of one `Bytes` keep the server far above the
 /// throughput of any client under test (stock s3s-fs streams 4 KiB reads).
 const BODY_CHUNK: usize = 1 << 20;
+/// The smallest part a multipart upload may have, but for its last (S3's and OSS's limit).
+pub const MIN_PART: usize = 5 << 20;
 
 /// One stored object.
 #[derive(Debug, Clone)]
@@ -34,8 +36,14 @@ pub struct OpCounters {
     pub delete: AtomicU64,
     pub copy: AtomicU64,
     pub multipart: AtomicU64,
+    /// UploadPartCopy requests.
+    pub part_copy: AtomicU64,
     /// Bytes sent in GET bodies.
     pub bytes_out: AtomicU64,
+    /// Bytes received in PUT and UploadPart bodies.
+    pub bytes_in: AtomicU64,
+    /// Bytes copied on the server by UploadPartCopy.
+    pub bytes_copied: AtomicU64,
 }
 
 impl OpCounters {
@@ -264,6 +272,9 @@ impl Memory {
     /// the way would), checked against the CRC-64/NVME the client sent, as S3 does (OSS
     /// style: not checked; the answer states the CRC of what arrived instead).
     fn received(&self, data: Bytes, crc64nvme: Option<&str>) -> S3Result<Bytes> {
+        self.counters
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let data = if !data.is_empty() && Faults::take(&self.faults.corrupt_puts) {
             let mut v = data.to_vec();
             let mid = v.len() / 2;
@@ -700,6 +711,55 @@ impl S3 for Service {
         }))
     }
 
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let m = &self.0;
+        m.enter(&m.counters.part_copy).await?;
+        let input = req.input;
+        let CopySource::Bucket { bucket, key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "access point copy sources"));
+        };
+        let src = m.object(bucket, key)?;
+        check_if_match(input.copy_source_if_match.as_ref(), &src)?;
+        let len = src.data.len() as u64;
+        let (start, end) = match input.copy_source_range.as_deref() {
+            None => (0, len),
+            Some(r) => {
+                let (a, b) = r
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.split_once('-'))
+                    .ok_or_else(|| s3_error!(InvalidArgument, "bad copy source range {r}"))?;
+                let a: u64 = a.parse().map_err(|_| s3_error!(InvalidArgument))?;
+                let b: u64 = b.parse().map_err(|_| s3_error!(InvalidArgument))?;
+                if a > b || b >= len {
+                    return Err(s3_error!(InvalidRange));
+                }
+                (a, b + 1)
+            }
+        };
+        let data = src.data.slice(start as usize..end as usize);
+        m.counters
+            .bytes_copied
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let etag = hex::encode(Md5::digest(&data));
+        m.remember_checksums(&etag, &data);
+        let mut uploads = m.uploads.lock().unwrap();
+        let upload = uploads
+            .get_mut(&input.upload_id)
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        upload.parts.insert(input.part_number, data);
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(quoted(&etag)),
+                last_modified: Some(SystemTime::now().into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
     async fn complete_multipart_upload(
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
@@ -722,8 +782,12 @@ impl S3 for Service {
             .collect();
         let mut data = Vec::new();
         let mut md5s = Vec::new();
-        for n in &wanted {
+        for (i, n) in wanted.iter().enumerate() {
             let part = upload.parts.get(n).ok_or_else(|| s3_error!(InvalidPart))?;
+            // As S3 and OSS: every part but the last has at least 5 MiB.
+            if i + 1 < wanted.len() && part.len() < MIN_PART {
+                return Err(s3_error!(EntityTooSmall));
+            }
             md5s.extend_from_slice(&Md5::digest(part));
             data.extend_from_slice(part);
         }
