@@ -125,6 +125,23 @@ pub struct Attr {
     pub gid: u32,
 }
 
+impl Attr {
+    /// The attributes of a negative lookup reply (nothing there).
+    pub fn negative() -> Self {
+        Self {
+            ino: 0,
+            kind: NodeKind::File,
+            size: 0,
+            mtime: UNIX_EPOCH,
+            atime: UNIX_EPOCH,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
 /// One directory entry for readdir.
 #[derive(Debug, Clone)]
 pub struct DirEntry<'a> {

@@ -272,6 +272,15 @@ impl fuser::Filesystem for FuseAdapter {
         let _timer = self.fs.metrics().time(FuseOp::Lookup);
         match self.fs.lookup(parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&self.fs.config().ttl, &to_fuse(&a), Generation(0)),
+            // A negative entry (node id 0) that the kernel keeps as long as a positive one:
+            // Python's imports, shells' PATH searches and git probe many names that do not
+            // exist. Names made through this mount replace it at once; the tree changes
+            // otherwise only at a refresh, which caps the TTL.
+            Err(FsError::NotFound) => {
+                let mut none = to_fuse(&Attr::negative());
+                none.ino = INodeNo(0);
+                reply.entry(&self.fs.config().ttl, &none, Generation(0))
+            }
             Err(e) => {
                 log_failure("lookup", parent.0, &e);
                 reply.error(errno(&e))

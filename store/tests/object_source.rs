@@ -260,7 +260,7 @@ async fn patch_uploads_copy_unchanged_ranges_on_the_server_and_send_the_rest() {
                 }
             }
         }
-        up.complete().await.unwrap();
+        up.complete(new_len).await.unwrap();
         let got = s.backend().get("bkt", "p/log").unwrap();
         let mut want = old.clone();
         want.extend_from_slice(&tail);
@@ -280,6 +280,17 @@ async fn patch_uploads_copy_unchanged_ranges_on_the_server_and_send_the_rest() {
         let err = up.copy_part(1, 0..MIN_PART).await.unwrap_err();
         assert!(err.to_string().contains("412"), "{err}");
         up.abort().await;
+        assert!(s.backend().get("bkt", "p/log").unwrap().data[..] == want[..]);
+        // Parts that do not add up to the file are never completed.
+        let current = s.backend().get("bkt", "p/log").unwrap().etag;
+        let up = src
+            .start_patch("log", &current, &meta)
+            .await
+            .unwrap()
+            .unwrap();
+        up.copy_part(1, 0..MIN_PART).await.unwrap();
+        let err = up.complete(new_len).await.unwrap_err();
+        assert!(err.to_string().contains("parts hold"), "{err}");
         assert!(s.backend().get("bkt", "p/log").unwrap().data[..] == want[..]);
     }
 }

@@ -16,10 +16,11 @@
 //!   and can outlive the release the daemon sees; with write-only handles no mapping can change
 //!   the staging file behind the daemon's back;
 //! - the staging file is neither dropped nor replaced while any passthrough handle is open;
-//! - a file that can be uploaded as a patch of its object (it has one, and the daemon knows
-//!   which ranges changed: an append to a log, a small overwrite) is written through the daemon,
-//!   not through passthrough, so that its upload sends only those ranges. New and truncated
-//!   files, where everything changed anyway, are written through passthrough.
+//! - a file of at least 5 MiB that is opened for writing without being emptied (an append to a
+//!   log, a small overwrite in place) is written through the daemon, not through passthrough,
+//!   so that the daemon sees which ranges change and its upload sends only those (a patch of
+//!   the object). New and truncated files, where everything changes anyway, are written
+//!   through passthrough.
 //!
 //! ## The kernel's rule
 //! An inode is in one mode at a time: while a passthrough handle is open, the kernel refuses
@@ -133,11 +134,10 @@ impl Fs {
         // Lock order: io modes, then the node's state.
         let (staged, patchable) = node.map_or((None, false), |n| {
             let st = n.state();
-            let patchable = st
-                .remote
-                .as_ref()
-                .is_some_and(|r| r.size >= crate::object::patch::MIN_PART)
-                && st.dirty.ranges().is_some();
+            // Large enough for its uploads to reuse the object, and not just emptied (a new
+            // file, or `O_TRUNC` as a checkpoint save rewrites one): writes through the daemon
+            // keep track of what changes from here on.
+            let patchable = st.size >= crate::object::patch::MIN_PART;
             (st.staged.clone().filter(|_| !st.unlinked), patchable)
         });
         // A writer of a file that can still be uploaded as a patch (see the module docs)

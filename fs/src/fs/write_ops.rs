@@ -214,7 +214,11 @@ impl Fs {
         let wb = self.wb()?;
         let path = self.new_path(parent, name, false)?;
         let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
-        node.state().attrs = owner.attrs(S_IFREG, &self.config);
+        {
+            let mut st = node.state();
+            st.attrs = owner.attrs(S_IFREG, &self.config);
+            st.absent = true;
+        }
         wb.stage(&node, true).await?;
         self.overlay
             .write()
@@ -353,10 +357,7 @@ impl Fs {
                     node, write: true, ..
                 },
                 Some(wb),
-            ) => {
-                let _g = node.lock_commit().await;
-                Ok(wb.flush_locked(node)?)
-            }
+            ) => Ok(wb.flush_locked(node)?),
             _ => Ok(()),
         }
     }
@@ -526,11 +527,15 @@ impl Fs {
         let wb = self.wb()?;
         let path = self.new_path(parent, name, false)?;
         let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
-        node.state().attrs = Attrs {
-            mode: Some(S_IFLNK | 0o777),
-            target: Some(target.into()),
-            ..owner.attrs(S_IFLNK, &self.config)
-        };
+        {
+            let mut st = node.state();
+            st.attrs = Attrs {
+                mode: Some(S_IFLNK | 0o777),
+                target: Some(target.into()),
+                ..owner.attrs(S_IFLNK, &self.config)
+            };
+            st.absent = true;
+        }
         let staged = wb.stage(&node, true).await?;
         staged.write_at(target, 0).map_err(FsError::Io)?;
         {
@@ -601,7 +606,10 @@ impl Fs {
         match t {
             Target::File(node) => {
                 let _g = node.lock_commit().await;
-                wb.source().delete(&path).await?;
+                // A file made here and never uploaded has nothing in the bucket to delete.
+                if !node.state().absent {
+                    wb.source().delete(&path).await?;
+                }
                 wb.discard(&node)?;
             }
             _ => wb.source().delete(&path).await?,
@@ -720,7 +728,7 @@ impl Fs {
                 st.remote = head.map(|(size, etag)| Remote { size, etag });
             } else {
                 // Local content: re-key it, journal it under the new key, upload it there.
-                {
+                let absent = {
                     let mut st = node.state();
                     st.key = dpath.to_string();
                     st.remote = None;
@@ -728,11 +736,16 @@ impl Fs {
                     let seq = st.seq_end;
                     wb.reset_stream(&mut st, false);
                     st.seq_end = seq;
-                }
+                    // What the new key holds in the bucket is not known here.
+                    std::mem::replace(&mut st.absent, false)
+                };
                 wb.flush_locked(&node)?;
                 // Whatever the bucket has under the old key goes: an earlier upload of this
-                // file, or an object this file replaced before its own upload completed.
-                wb.source().delete(spath).await?;
+                // file, or an object this file replaced before its own upload completed. A
+                // file made here and never uploaded left nothing there.
+                if !absent {
+                    wb.source().delete(spath).await?;
+                }
             }
         }
         wb.enqueue(&node).await?;

@@ -290,6 +290,9 @@ pub struct FileState {
     pub dirty: dirty::Dirty,
     /// What changed since the uploader last read the state (see [`FileState::changed`]).
     pub changed_since_read: dirty::Dirty,
+    /// No object of this file is under `key` in the bucket, as far as this mount knows (a file
+    /// made here and not uploaded yet): unlink and rename need not delete anything there.
+    pub absent: bool,
 }
 
 impl FileState {
@@ -299,6 +302,18 @@ impl FileState {
     pub fn changed(&mut self, r: std::ops::Range<u64>) {
         self.dirty.add(r.clone());
         self.changed_since_read.add(r);
+    }
+
+    /// Whether the bytes of `version` (of `size` bytes), read by the uploader, are no longer
+    /// the file's: it changed since, other than only past `size` (appends). Once true it stays
+    /// true until the uploader reads the state again, so a sender that stops early on it and
+    /// the commit that follows agree.
+    pub fn stale_for(&self, version: u64, size: u64) -> bool {
+        let appended_only = self
+            .changed_since_read
+            .ranges()
+            .is_some_and(|r| r.iter().all(|r| r.start >= size));
+        self.version != version && !appended_only
     }
 
     /// Records that anything may have changed.
@@ -446,8 +461,13 @@ impl FileState {
 pub struct FileNode {
     pub ino: u64,
     state: Mutex<FileState>,
-    /// Serializes staging, journaling and commits with unlink and rename.
+    /// Serializes staging and commits with unlink and rename (held across a commit's
+    /// requests).
     commit: tokio::sync::Mutex<()>,
+    /// Serializes the node's journal record writes and removals (never held across a
+    /// request), so `close()` does not wait for an upload's network round trips. Lock order:
+    /// `commit`, then `journal`, then the state.
+    journal: Mutex<()>,
     changed: Notify,
 }
 
@@ -476,8 +496,10 @@ impl FileNode {
                 attrs: Default::default(),
                 dirty: Default::default(),
                 changed_since_read: Default::default(),
+                absent: false,
             }),
             commit: tokio::sync::Mutex::new(()),
+            journal: Mutex::new(()),
             changed: Notify::new(),
         })
     }
@@ -921,15 +943,14 @@ impl WriteBack {
     /// `close()`: if `node` changed since it was last flushed, makes its staging file and a
     /// journal record durable and queues it for upload. Returns after the local fsyncs.
     pub async fn flush(&self, node: &Arc<FileNode>) -> Result<(), WriteBackError> {
-        {
-            let _g = node.commit.lock().await;
-            self.flush_locked(node)?;
-        }
+        self.flush_locked(node)?;
         self.enqueue(node).await
     }
 
-    /// The durable part of [`Self::flush`]; the caller holds the node's commit lock.
+    /// The durable part of [`Self::flush`], under the node's journal lock (callers may hold its
+    /// commit lock too).
     pub fn flush_locked(&self, node: &FileNode) -> Result<(), WriteBackError> {
+        let _j = node.journal.lock().unwrap();
         let (staged, record, version) = {
             let mut st = node.state();
             // What passthrough handles wrote, the daemon learns here.
@@ -1064,7 +1085,10 @@ impl WriteBack {
         if let Some(s) = staged {
             self.journaled.lock().unwrap().remove(&s.id);
             self.unkeep(s.id);
-            self.journal.remove(s.id)?;
+            {
+                let _j = node.journal.lock().unwrap();
+                self.journal.remove(s.id)?;
+            }
             s.remove();
         }
         Ok(())
@@ -1148,6 +1172,7 @@ impl WriteBack {
                             st.queued = false;
                             self.record(&st, staged.id, Some(why), attempts)
                         };
+                        let _j = node.journal.lock().unwrap();
                         if !node.state().unlinked {
                             if let Err(e) = self.journal.put(&record) {
                                 tracing::error!(key = %key, "recording the failure in the journal: {e}");
@@ -1259,8 +1284,8 @@ impl WriteBack {
     }
 
     /// Sends `range` of the staging file as parts of `part` bytes, in parallel under the
-    /// mount's part limit. Stops early (successfully) when the file changes meanwhile: the
-    /// commit then finds the version changed.
+    /// mount's part limit. Stops early (successfully) when the version becomes stale
+    /// ([`FileState::stale_for`]): the commit then finds it stale too.
     async fn send_parts(
         &self,
         node: &FileNode,
@@ -1272,7 +1297,7 @@ impl WriteBack {
         let mut tasks = Vec::new();
         let mut failed: Option<WriteBackError> = None;
         for start in range.clone().step_by(part as usize) {
-            if node.state().version != v.version {
+            if node.state().stale_for(v.version, v.size) {
                 break;
             }
             let (permit, bytes) = match self
@@ -1319,11 +1344,7 @@ impl WriteBack {
             // A newer version whose changes all lie past this one's end (appends) leaves the
             // bytes sent exactly this version's: it can still be made visible, and the newer
             // one follows. Anything else makes it stale.
-            let untouched = st
-                .changed_since_read
-                .ranges()
-                .is_some_and(|r| r.iter().all(|r| r.start >= size));
-            !st.unlinked && st.key == key && (st.version == version || untouched)
+            !st.unlinked && st.key == key && !st.stale_for(version, size)
         };
         if !current {
             match prepared {
@@ -1335,19 +1356,22 @@ impl WriteBack {
         }
         let etag = match prepared {
             Prepared::Single(bytes, _permit) => self.source.put_object(key, bytes, &v.meta).await?,
-            Prepared::Multipart(mp) => mp.complete().await?,
+            Prepared::Multipart(mp) => mp.complete_exact(size).await?,
             Prepared::Patch(p) => {
-                let etag = p.complete().await?;
+                let etag = p.complete(size).await?;
                 Metrics::add(&self.metrics.patch_uploads, 1);
                 etag
             }
         };
         Metrics::add(&self.metrics.namespace_changes, 1);
-        // The record stays while a newer acknowledged version waits for its upload.
-        let newer_flushed = node.state().flushed > version;
-        if !newer_flushed {
-            self.journaled.lock().unwrap().remove(&staged.id);
-            self.journal.remove(staged.id)?;
+        // The record stays while a newer acknowledged version waits for its upload (checked
+        // under the journal lock: a close that journals a newer version waits for this).
+        {
+            let _j = node.journal.lock().unwrap();
+            if node.state().flushed <= version {
+                self.journaled.lock().unwrap().remove(&staged.id);
+                self.journal.remove(staged.id)?;
+            }
         }
         let mut victims = None;
         let dropped = {
@@ -1356,6 +1380,7 @@ impl WriteBack {
             let mut st = node.state();
             st.uploaded = version;
             st.remote = Some(Remote { size, etag });
+            st.absent = false;
             st.failed = None;
             // The new object is the base now: what changed since is what changed since this
             // version was read.

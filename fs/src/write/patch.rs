@@ -30,8 +30,8 @@ impl WriteBack {
         let mut tasks = Vec::new();
         let mut failed = None;
         for (i, piece) in pieces.into_iter().enumerate() {
-            if node.state().version != v.version {
-                break; // superseded: the commit will find out
+            if node.state().stale_for(v.version, v.size) {
+                break; // stale: the commit finds it stale too and aborts
             }
             let n = i as u32 + 1;
             let up = upload.clone();

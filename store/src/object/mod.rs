@@ -133,6 +133,8 @@ pub struct MultipartWriter {
     inner: Box<dyn MultipartUpload>,
     key: String,
     metrics: Arc<Metrics>,
+    /// Bytes handed to `put_part` so far.
+    queued: u64,
 }
 
 impl MultipartWriter {
@@ -143,12 +145,30 @@ impl MultipartWriter {
     ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send + 'static {
         Metrics::add(&self.metrics.put_requests, 1);
         Metrics::add(&self.metrics.sent_bytes, bytes.len() as u64);
+        self.queued += bytes.len() as u64;
         let fut = self.inner.put_part(PutPayload::from_bytes(bytes));
         let key = self.key.clone();
         async move {
             fut.await
                 .map_err(|e| write_error("upload part of", &key, e))
         }
+    }
+
+    /// Completes the upload if its parts hold exactly `len` bytes (else aborts it: a part
+    /// missing would make a shorter object visible). Returns the ETag.
+    pub async fn complete_exact(self, len: u64) -> Result<Option<String>, WriteError> {
+        if self.queued != len {
+            let why = format!("parts hold {} bytes, the file {len}", self.queued);
+            let key = self.key.clone();
+            self.abort().await;
+            return Err(WriteError {
+                op: "complete upload of",
+                key,
+                kind: WriteErrorKind::Other,
+                source: why.into(),
+            });
+        }
+        self.complete().await
     }
 
     /// Completes the upload; the object becomes visible under its key. Returns its ETag.
@@ -552,6 +572,7 @@ impl ObjectSource {
             .await
             .map_err(|e| write_error("start upload of", &self.full_key(rel), e))?;
         Ok(MultipartWriter {
+            queued: 0,
             inner,
             key: self.full_key(rel),
             metrics: self.metrics.clone(),

@@ -92,7 +92,8 @@ pub struct PatchUpload {
     upload_id: String,
     /// The object the copies read, pinned.
     base_etag: String,
-    parts: std::sync::Mutex<Vec<(u32, String)>>,
+    /// Part number, ETag and length of each part added.
+    parts: std::sync::Mutex<Vec<(u32, String, u64)>>,
 }
 
 impl std::fmt::Debug for PatchUpload {
@@ -254,7 +255,10 @@ impl PatchUpload {
                 format!("unparseable answer: {e}"),
             )
         })?;
-        self.parts.lock().unwrap().push((n, copied.e_tag));
+        self.parts
+            .lock()
+            .unwrap()
+            .push((n, copied.e_tag, range.end - range.start));
         Ok(())
     }
 
@@ -304,16 +308,36 @@ impl PatchUpload {
                 )
             })?
             .to_string();
-        self.parts.lock().unwrap().push((n, etag));
+        self.parts
+            .lock()
+            .unwrap()
+            .push((n, etag, bytes.len() as u64));
         Ok(())
     }
 
-    /// Makes the new version visible. Returns its ETag.
-    pub async fn complete(self) -> Result<Option<String>, WriteError> {
+    /// Makes the new version visible if its parts, numbered 1, 2, ... without a gap, hold
+    /// exactly `len` bytes (else aborts: a missing part would make a shorter object visible).
+    /// Returns its ETag.
+    pub async fn complete(self, len: u64) -> Result<Option<String>, WriteError> {
         let mut parts = std::mem::take(&mut *self.parts.lock().unwrap());
-        parts.sort_by_key(|(n, _)| *n);
+        parts.sort_by_key(|(n, ..)| *n);
+        let held: u64 = parts.iter().map(|(.., l)| l).sum();
+        let numbered = parts
+            .iter()
+            .enumerate()
+            .all(|(i, (n, ..))| *n == i as u32 + 1);
+        if held != len || !numbered {
+            self.abort_now().await;
+            return Err(refused(
+                "complete the upload of",
+                &self.key,
+                format!(
+                    "parts hold {held} bytes (numbered without gaps: {numbered}), the file {len}"
+                ),
+            ));
+        }
         let mut xml = String::from("<CompleteMultipartUpload>");
-        for (n, etag) in &parts {
+        for (n, etag, _) in &parts {
             xml.push_str(&format!(
                 "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
                 quick_xml::escape::escape(etag.as_str())
