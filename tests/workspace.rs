@@ -56,7 +56,17 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
     let m = mount(&s, "s3://bkt/ws", &args);
     let p = m.path();
     std::fs::create_dir(p.join("bin")).unwrap();
+    let made = std::fs::metadata(p.join("bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
     std::fs::write(p.join("bin/run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    let touched = std::fs::metadata(p.join("bin"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(touched > made, "a create changes its directory's mtime");
     std::fs::set_permissions(p.join("bin/run.sh"), PermissionsExt::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink("run.sh", p.join("bin/rel")).unwrap();
     std::os::unix::fs::symlink("/usr/bin/env", p.join("bin/abs")).unwrap();

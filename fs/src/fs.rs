@@ -482,6 +482,12 @@ impl Fs {
         d.mtime = a.mtime.or(d.mtime);
     }
 
+    /// A directory's entries changed (create, unlink, rename, mkdir, rmdir, symlink): its mtime
+    /// is now (in memory, like other directory times).
+    pub(crate) fn touch_dir(&self, ino: u64) {
+        self.dir_attrs.lock().unwrap().entry(ino).or_default().mtime = Some(SystemTime::now());
+    }
+
     /// Applies what [`Self::set_dir_attrs`] recorded for `attr`'s inode.
     fn with_dir_attrs(&self, mut attr: Attr) -> Attr {
         if let Some(d) = self.dir_attrs.lock().unwrap().get(&attr.ino) {

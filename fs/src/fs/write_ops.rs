@@ -224,6 +224,7 @@ impl Fs {
             .write()
             .unwrap()
             .put(path, Entry::File(node.clone()));
+        self.touch_dir(parent);
         let attr = self.target_attr(&Target::File(node.clone()));
         let open = self.open_node(node, true);
         let fh = self
@@ -547,6 +548,7 @@ impl Fs {
             .write()
             .unwrap()
             .put(path, Entry::File(node.clone()));
+        self.touch_dir(parent);
         self.flush_node(&node).await?;
         Metrics::add(&self.metrics.namespace_changes, 1);
         Ok(self.target_attr(&Target::File(node)))
@@ -589,6 +591,7 @@ impl Fs {
             .write()
             .unwrap()
             .put(path, Entry::Dir { ino, mtime_ms });
+        self.touch_dir(parent);
         Metrics::add(&self.metrics.namespace_changes, 1);
         Ok(self.target_attr(&t))
     }
@@ -616,6 +619,7 @@ impl Fs {
         }
         let whiteout = self.has_base(&path);
         self.overlay.write().unwrap().remove(&path, whiteout, false);
+        self.touch_dir(parent);
         Metrics::add(&self.metrics.namespace_changes, 1);
         Ok(())
     }
@@ -636,6 +640,7 @@ impl Fs {
         wb.source().marker(&path, false).await?;
         let whiteout = self.has_base(&path);
         self.overlay.write().unwrap().remove(&path, whiteout, true);
+        self.touch_dir(parent);
         Metrics::add(&self.metrics.namespace_changes, 1);
         Ok(())
     }
@@ -688,6 +693,8 @@ impl Fs {
         }
         wb.mark_dirty()?;
         Metrics::add(&self.metrics.namespace_changes, 1);
+        self.touch_dir(parent);
+        self.touch_dir(new_parent);
         if src_dir {
             self.rename_dir(&wb, src, &spath, dst, &dpath).await
         } else {
@@ -713,11 +720,16 @@ impl Fs {
         };
         {
             let _g = node.lock_commit().await;
-            let in_bucket = {
+            // Content in the bucket is copied there, unless a local copy of a file small enough
+            // for one PUT is at hand: sending it again under the new key (in the background)
+            // costs less than a copy, a HEAD and a delete in a row, for the many small renames
+            // of package installs and atomic writes.
+            let copy_on_server = {
                 let st = node.state();
-                st.remote.is_some() && st.version == st.uploaded
+                let small_local = st.staged.is_some() && st.size <= wb.config().part_size;
+                st.remote.is_some() && st.version == st.uploaded && !small_local
             };
-            if in_bucket {
+            if copy_on_server {
                 // The content is the object: copy it on the server.
                 let source = wb.source();
                 source.copy(spath, dpath).await?;
