@@ -431,7 +431,17 @@ fn a_full_staging_disk_is_enospc_and_corrupts_nothing() {
     let e = std::fs::write(m.path().join("huge.bin"), data(6, 8 << 20)).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     std::fs::remove_file(m.path().join("huge.bin")).unwrap();
-    std::fs::write(m.path().join("fits.bin"), b"small").unwrap();
+    // The space comes back once nothing holds the unlinked staging file: an upload of what
+    // did fit may still be sending it, and lets go when it finds the file gone.
+    let t = std::time::Instant::now();
+    while let Err(e) = std::fs::write(m.path().join("fits.bin"), b"small") {
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the space never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         sha(&std::fs::read(m.path().join("keep.bin")).unwrap()),
         sha(&data(5, 1 << 20))

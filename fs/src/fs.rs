@@ -861,8 +861,12 @@ impl Fs {
     }
 
     fn open_node(&self, node: Arc<FileNode>, write: bool) -> OpenFile {
-        if write {
-            node.state().writers += 1;
+        {
+            let mut st = node.state();
+            if write {
+                st.writers += 1;
+            }
+            st.handles += 1;
         }
         OpenFile::Node {
             node,
@@ -997,6 +1001,7 @@ impl Fs {
                 } else {
                     Ok(())
                 };
+                node.state().handles -= 1;
                 // A reader served from the staging file (passthrough) may have been what kept
                 // an uploaded file's staging file.
                 if let Some(wb) = &self.write {

@@ -271,6 +271,8 @@ pub struct FileState {
     pub unlinked: bool,
     /// Open handles that may write.
     pub writers: u32,
+    /// Open handles of any kind.
+    pub handles: u32,
     /// Open handles the kernel serves straight from the staging file (FUSE passthrough): the
     /// staging file is neither dropped nor replaced while there are any.
     pub passthrough: u32,
@@ -488,6 +490,7 @@ impl FileNode {
                 queued: false,
                 unlinked: false,
                 writers: 0,
+                handles: 0,
                 passthrough: 0,
                 passthrough_writers: 0,
                 passthrough_mark: None,
@@ -1079,7 +1082,13 @@ impl WriteBack {
             st.unlinked = true;
             st.version += 1;
             self.reset_stream(&mut st, false);
-            st.staged.clone()
+            // Open handles keep the staging file (unlink after open works); otherwise its
+            // space is given back now, not when the node goes.
+            if st.handles == 0 && st.passthrough == 0 {
+                st.staged.take()
+            } else {
+                st.staged.clone()
+            }
         };
         node.changed.notify_waiters();
         if let Some(s) = staged {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::object::patch::{plan, PatchUpload, Piece};
 
-use super::{read_part, FileNode, Version, WriteBack, MAX_PARTS};
+use super::{FileNode, Version, WriteBack, MAX_PARTS};
 
 impl WriteBack {
     /// Sends `v` as a patch of its base; `None` when it cannot or should not be.
@@ -38,14 +38,8 @@ impl WriteBack {
             match piece {
                 Piece::Copy(r) => tasks.push(tokio::spawn(async move { up.copy_part(n, r).await })),
                 Piece::Send(r) => {
-                    let permit = self
-                        .parts
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("never closed");
-                    let bytes = match read_part(&v.staged, r).await {
-                        Ok(b) => b,
+                    let (permit, bytes) = match self.held_part(&v.staged, r).await {
+                        Ok(held) => held,
                         Err(e) => {
                             failed = Some(e.to_string());
                             break;

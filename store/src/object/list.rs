@@ -396,6 +396,13 @@ impl S3Lister {
     }
 }
 
+/// User metadata as request headers (`x-amz-meta-NAME`).
+pub(crate) fn meta_headers(meta: &[(&'static str, String)]) -> Vec<(String, String)> {
+    meta.iter()
+        .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
+        .collect()
+}
+
 /// The `Code` of an S3 error body, if it is one.
 pub(crate) fn error_code(body: &[u8]) -> Option<String> {
     if !body.windows(7).any(|w| w == b"<Error>") {
@@ -429,24 +436,10 @@ impl S3Lister {
                 self.config.bucket
             )
         };
-        let url = format!(
-            "{}/{}",
-            self.config.endpoint.trim_end_matches('/'),
-            percent_encoding::percent_encode(key, KEY_PATH)
-        );
-        let mut headers: Vec<(String, String)> = meta
-            .iter()
-            .map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone()))
-            .collect();
+        let url = self.object_url(key, "");
+        let mut headers = meta_headers(meta);
         if !marker {
-            headers.push((
-                "x-amz-copy-source".into(),
-                format!(
-                    "/{}/{}",
-                    self.config.bucket,
-                    percent_encoding::percent_encode(key, KEY_PATH)
-                ),
-            ));
+            headers.push(("x-amz-copy-source".into(), self.copy_source(key)));
             headers.push(("x-amz-metadata-directive".into(), "REPLACE".into()));
         }
         let (status, body) = self
@@ -485,11 +478,7 @@ impl S3Lister {
                 self.config.bucket
             )
         };
-        let url = format!(
-            "{}/{}",
-            self.config.endpoint.trim_end_matches('/'),
-            percent_encoding::percent_encode(key, KEY_PATH)
-        );
+        let url = self.object_url(key, "");
         let method = if create {
             http::Method::PUT
         } else {

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::list::{error_code, S3Lister};
+use super::list::{error_code, meta_headers, S3Lister};
 use super::{ObjectSource, SourceError, UploadMeta, WriteError, WriteErrorKind};
 use crate::metrics::Metrics;
 
@@ -165,12 +165,7 @@ impl ObjectSource {
         };
         let key = self.full_key(rel);
         Metrics::add(&self.metrics.put_requests, 1);
-        let headers: Vec<(String, String)> = meta
-            .attrs
-            .to_metadata(meta.mtime_ms)
-            .into_iter()
-            .map(|(k, v)| (format!("x-amz-meta-{k}"), v))
-            .collect();
+        let headers = meta_headers(&meta.attrs.to_metadata(meta.mtime_ms));
         let url = s3.object_url(key.as_bytes(), "uploads=");
         let what = || format!("start upload of {key}");
         let (status, _, body) = s3
@@ -202,14 +197,16 @@ impl PatchUpload {
         self.source.s3_lister().expect("started on an S3 lister")
     }
 
-    fn part_url(&self, n: u32) -> String {
-        let query = format!(
-            "partNumber={n}&uploadId={}",
-            percent_encoding::utf8_percent_encode(
-                &self.upload_id,
-                percent_encoding::NON_ALPHANUMERIC
-            )
+    /// The upload's URL, or one of its parts'.
+    fn upload_url(&self, part: Option<u32>) -> String {
+        let id = percent_encoding::utf8_percent_encode(
+            &self.upload_id,
+            percent_encoding::NON_ALPHANUMERIC,
         );
+        let query = match part {
+            Some(n) => format!("partNumber={n}&uploadId={id}"),
+            None => format!("uploadId={id}"),
+        };
         self.s3().object_url(self.key.as_bytes(), &query)
     }
 
@@ -236,7 +233,7 @@ impl PatchUpload {
         let (status, _, body) = s3
             .exchange(
                 http::Method::PUT,
-                &self.part_url(n),
+                &self.upload_url(Some(n)),
                 &headers,
                 Bytes::new(),
                 &what,
@@ -272,7 +269,7 @@ impl PatchUpload {
         let (status, headers, body) = s3
             .exchange(
                 http::Method::PUT,
-                &self.part_url(n),
+                &self.upload_url(Some(n)),
                 &[],
                 bytes.clone(),
                 &what,
@@ -344,16 +341,7 @@ impl PatchUpload {
             ));
         }
         xml.push_str("</CompleteMultipartUpload>");
-        let url = self.s3().object_url(
-            self.key.as_bytes(),
-            &format!(
-                "uploadId={}",
-                percent_encoding::utf8_percent_encode(
-                    &self.upload_id,
-                    percent_encoding::NON_ALPHANUMERIC
-                )
-            ),
-        );
+        let url = self.upload_url(None);
         let what = || format!("complete the upload of {}", self.key);
         let result = self
             .s3()
@@ -386,16 +374,7 @@ impl PatchUpload {
     }
 
     async fn abort_now(&self) {
-        let url = self.s3().object_url(
-            self.key.as_bytes(),
-            &format!(
-                "uploadId={}",
-                percent_encoding::utf8_percent_encode(
-                    &self.upload_id,
-                    percent_encoding::NON_ALPHANUMERIC
-                )
-            ),
-        );
+        let url = self.upload_url(None);
         let what = || format!("abort the upload of {}", self.key);
         if let Err(e) = self
             .s3()
