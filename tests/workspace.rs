@@ -67,6 +67,11 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
         .modified()
         .unwrap();
     assert!(touched > made, "a create changes its directory's mtime");
+    // Directory modes: at mkdir, and by chmod.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(p.join("private"))
+        .unwrap();
+    std::fs::set_permissions(p.join("bin"), PermissionsExt::from_mode(0o750)).unwrap();
     std::fs::set_permissions(p.join("bin/run.sh"), PermissionsExt::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink("run.sh", p.join("bin/rel")).unwrap();
     std::os::unix::fs::symlink("/usr/bin/env", p.join("bin/abs")).unwrap();
@@ -103,6 +108,8 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
         assert_eq!((notes.uid(), notes.gid()), (4321, 765));
         assert_eq!(notes.modified().unwrap(), when);
         assert_eq!(notes.mode() & 0o7777, 0o644, "the default mode");
+        let dir_mode = |d: &str| std::fs::metadata(p.join(d)).unwrap().mode() & 0o7777;
+        assert_eq!((dir_mode("private"), dir_mode("bin")), (0o700, 0o750));
     };
     check(p);
     let text = unmount(&m);
@@ -117,6 +124,8 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
     );
     assert_eq!(meta(&s, "ws/notes.txt")["uid"], "4321");
     assert_eq!(meta(&s, "ws/notes.txt")["mtime"], "1600000000.000");
+    assert_eq!(meta(&s, "ws/private/")["mode"], (0o040_700u32).to_string());
+    assert_eq!(meta(&s, "ws/bin/")["mode"], (0o040_750u32).to_string());
 
     // From the saved manifest: no HEAD, no data read for stat or readlink.
     let m = mount(&s, "s3://bkt/ws", &args);

@@ -488,6 +488,29 @@ impl Fs {
         self.dir_attrs.lock().unwrap().entry(ino).or_default().mtime = Some(SystemTime::now());
     }
 
+    /// A directory's attributes for the manifest: `base` (from the snapshot) with what this
+    /// mount set on inode `ino`, and its mtime if set.
+    pub(crate) fn dir_manifest_attrs(
+        &self,
+        ino: u64,
+        base: Option<&crate::attrs::Attrs>,
+    ) -> (crate::attrs::Attrs, Option<i64>) {
+        let mut attrs = base.cloned().unwrap_or_default();
+        let Some(d) = self.dir_attrs.lock().unwrap().get(&ino).copied() else {
+            return (attrs, None);
+        };
+        if let Some(p) = d.perm {
+            attrs.mode = Some(crate::attrs::S_IFDIR | u32::from(p));
+        }
+        attrs.uid = d.uid.filter(|&u| u != self.config.uid).or(attrs.uid);
+        attrs.gid = d.gid.filter(|&g| g != self.config.gid).or(attrs.gid);
+        let mtime = d
+            .mtime
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64);
+        (attrs, mtime)
+    }
+
     /// Applies what [`Self::set_dir_attrs`] recorded for `attr`'s inode.
     fn with_dir_attrs(&self, mut attr: Attr) -> Attr {
         if let Some(d) = self.dir_attrs.lock().unwrap().get(&attr.ino) {
@@ -994,10 +1017,12 @@ impl Fs {
         let open = self.handles.lock().unwrap().remove(&fh);
         if let Some(open) = open {
             if let OpenFile::Node { node, write, .. } = &*open {
+                // A writer leaves before its last flush: a change made meanwhile by another
+                // operation (a chmod racing this release) either sees no writer and flushes
+                // itself, or happened before this flush, which takes it in.
                 let r = if *write {
-                    let r = self.flush_node(node).await;
                     node.state().writers -= 1;
-                    r
+                    self.flush_node(node).await
                 } else {
                     Ok(())
                 };

@@ -580,15 +580,23 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _timer = self.fs.metrics().time(FuseOp::Mkdir);
-        match self.rt.block_on(self.fs.mkdir(parent.0, name.as_bytes())) {
+        let owner = Owner {
+            perm: Some(mode & !umask),
+            uid: Some(req.uid()),
+            gid: Some(req.gid()),
+        };
+        match self
+            .rt
+            .block_on(self.fs.mkdir_as(parent.0, name.as_bytes(), owner))
+        {
             Ok(a) => reply.entry(&self.fs.config().ttl, &to_fuse(&a), Generation(0)),
             Err(e) => {
                 log_failure("mkdir", parent.0, &e);

@@ -292,6 +292,8 @@ impl Builder {
         if is_marker {
             let dir = self.stack.last().expect("the root stays").0;
             if !attrs.is_empty() && dir != Namespace::ROOT {
+                // A marker with attributes is one a mount saved: its mtime is the directory's.
+                self.ns.nodes[dir as usize].mtime_ms = mtime_ms;
                 self.ns.attrs.insert(dir, attrs);
             }
             return;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::overlay::{self, Entry};
 use super::{base_lookup_path, now_ms, Access, Attr, Fs, OpenFile, Target, ROOT_INO};
-use crate::attrs::{Attrs, PERM_BITS, S_IFLNK, S_IFREG};
+use crate::attrs::{Attrs, PERM_BITS, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::error::FsError;
 use crate::manifest::{self, Etag};
 use crate::metrics::Metrics;
@@ -438,10 +438,24 @@ impl Fs {
             if a.size.is_some() {
                 return Err(FsError::IsDir);
             }
-            // Directory modes, owners and times are kept for the mount's life, not in the
-            // bucket (docs/SEMANTICS.md).
+            // Kept in memory, on the directory's marker object, and in the saved manifest.
             self.set_dir_attrs(ino, &a);
-            return Ok(self.target_attr(&target));
+            let attr = self.target_attr(&target);
+            if let (Ok(wb), false) = (self.wb(), path.is_empty()) {
+                wb.mark_dirty()?;
+                let meta = crate::object::UploadMeta {
+                    mtime_ms: Some(ms_of(attr.mtime)),
+                    attrs: Attrs {
+                        mode: Some(S_IFDIR | u32::from(attr.perm)),
+                        uid: Some(attr.uid).filter(|&u| u != self.config.uid),
+                        gid: Some(attr.gid).filter(|&g| g != self.config.gid),
+                        target: None,
+                    },
+                };
+                wb.source().marker_with_meta(&path, &meta).await?;
+                Metrics::add(&self.metrics.namespace_changes, 1);
+            }
+            return Ok(attr);
         }
         let wb = self.wb()?.clone();
         let node = self.node_of(target, path)?;
@@ -473,10 +487,11 @@ impl Fs {
                     st.version += 1;
                     wb.reset_stream(&mut st, false);
                 }
-                local
+                // Decided with the bump: a writer still open flushes at its release.
+                local.then_some(st.writers == 0)
             };
-            if local {
-                if node.state().writers == 0 {
+            if let Some(flush_now) = local {
+                if flush_now {
                     self.flush_node(&node).await?;
                 }
             } else {
@@ -576,10 +591,25 @@ impl Fs {
 
     /// Makes a directory: an empty marker object `name/`.
     pub async fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        self.mkdir_as(parent, name, Owner::default()).await
+    }
+
+    /// [`Self::mkdir`] with the creator's mode and ids: its marker object carries what differs
+    /// from the mount's defaults.
+    pub async fn mkdir_as(&self, parent: u64, name: &[u8], owner: Owner) -> Result<Attr, FsError> {
         let wb = self.wb()?;
         let path = self.new_path(parent, name, true)?;
         wb.mark_dirty()?;
-        wb.source().marker(&path, true).await?;
+        let attrs = owner.attrs(S_IFDIR, &self.config);
+        if attrs.is_empty() {
+            wb.source().marker(&path, true).await?;
+        } else {
+            let meta = crate::object::UploadMeta {
+                mtime_ms: None,
+                attrs: attrs.clone(),
+            };
+            wb.source().marker_with_meta(&path, &meta).await?;
+        }
         let t = Target::Dir {
             ino: self.new_ino(),
             mtime_ms: now_ms(),
@@ -587,6 +617,17 @@ impl Fs {
         let Target::Dir { ino, mtime_ms } = t else {
             unreachable!()
         };
+        if !attrs.is_empty() {
+            self.set_dir_attrs(
+                ino,
+                &SetAttr {
+                    mode: attrs.mode,
+                    uid: attrs.uid,
+                    gid: attrs.gid,
+                    ..Default::default()
+                },
+            );
+        }
         self.overlay
             .write()
             .unwrap()
@@ -857,7 +898,11 @@ impl Fs {
             if ov.get(&path).is_some() || ov.hides_below(overlay::parent_of(&path)) {
                 continue;
             }
-            let attrs = ns.attrs(id).cloned().unwrap_or_default();
+            let (attrs, dir_mtime) = if info.kind == NodeKind::Dir {
+                self.dir_manifest_attrs(snap.ino(id), ns.attrs(id))
+            } else {
+                (ns.attrs(id).cloned().unwrap_or_default(), None)
+            };
             match info.kind {
                 NodeKind::File | NodeKind::Symlink => out.push(manifest::Entry {
                     key: path.into_bytes().into(),
@@ -870,7 +915,7 @@ impl Fs {
                     out.push(manifest::Entry {
                         key: format!("{path}/").into_bytes().into(),
                         size: 0,
-                        mtime_ms: info.mtime_ms,
+                        mtime_ms: dir_mtime.unwrap_or(info.mtime_ms),
                         etag: Etag::None,
                         attrs,
                     })
@@ -884,13 +929,16 @@ impl Fs {
             }
             match e {
                 Entry::Whiteout => {}
-                Entry::Dir { mtime_ms, .. } => out.push(manifest::Entry {
-                    key: format!("{path}/").into_bytes().into(),
-                    size: 0,
-                    mtime_ms: *mtime_ms,
-                    etag: Etag::None,
-                    attrs: Default::default(),
-                }),
+                Entry::Dir { ino, mtime_ms } => {
+                    let (attrs, dir_mtime) = self.dir_manifest_attrs(*ino, None);
+                    out.push(manifest::Entry {
+                        key: format!("{path}/").into_bytes().into(),
+                        size: 0,
+                        mtime_ms: dir_mtime.unwrap_or(*mtime_ms),
+                        etag: Etag::None,
+                        attrs,
+                    })
+                }
                 Entry::File(n) => {
                     let st = n.state();
                     if st.unlinked {
