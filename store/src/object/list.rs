@@ -453,17 +453,15 @@ impl S3Lister {
             },
             _ => SourceError::Other { what: what(), why },
         };
+        let code = error_code(&body);
         if !status.is_success() {
-            let err: Option<ErrorBody> = quick_xml::de::from_reader(body.as_ref()).ok();
-            let code = err.and_then(|e| e.code).unwrap_or_default();
+            let code = code.unwrap_or_default();
             return Err(failed(format!("HTTP {status} {code}").trim().to_string()));
         }
         if marker || body.is_empty() {
             return Ok(None);
         }
-        if body.windows(7).any(|w| w == b"<Error>") {
-            let err: Option<ErrorBody> = quick_xml::de::from_reader(body.as_ref()).ok();
-            let code = err.and_then(|e| e.code).unwrap_or_default();
+        if let Some(code) = code {
             return Err(failed(format!("copy failed: {code}")));
         }
         let result: Option<CopyResult> = quick_xml::de::from_reader(body.as_ref()).ok();
