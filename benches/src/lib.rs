@@ -190,3 +190,38 @@ pub fn setup() -> Setup {
 pub fn enabled(name: &str) -> bool {
     std::env::var("PAI_BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
 }
+
+/// FUSE requests served so far by a daemon started with `--metrics-addr addr`, by operation
+/// (read from its Prometheus endpoint).
+pub fn fuse_ops(addr: &str) -> std::collections::BTreeMap<String, u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("pai_mount_fuse_op_seconds_count{")?;
+            let op = rest.split("op=\"").nth(1)?.split('"').next()?;
+            let n = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((op.to_string(), n as u64))
+        })
+        .collect()
+}
+
+/// What happened between two [`fuse_ops`] readings, divided by `runs`: "open 301, read 2, ...".
+pub fn fuse_ops_delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    runs: u64,
+) -> String {
+    let mut out: Vec<String> = after
+        .iter()
+        .filter_map(|(op, n)| {
+            let d = n - before.get(op).copied().unwrap_or(0);
+            (d > 0).then(|| format!("{op} {:.0}", d as f64 / runs as f64))
+        })
+        .collect();
+    out.sort();
+    out.join(", ")
+}

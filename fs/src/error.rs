@@ -18,9 +18,9 @@ pub enum FsError {
     #[error("read-only file system")]
     ReadOnly,
     #[error("inode {0} belongs to a namespace snapshot that was retired")]
-    StaleInode(u64),
+    StaleInode(crate::ids::InodeNo),
     #[error("unknown file handle {0}")]
-    BadHandle(u64),
+    BadHandle(crate::ids::Fh),
     #[error("name too long")]
     NameTooLong,
     #[error("operation not supported")]

@@ -34,8 +34,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::error::FsError;
+pub use crate::ids::{Fh, InodeNo};
 use crate::metrics::Metrics;
 use crate::namespace::{Namespace, NodeKind};
+use crate::now_ms;
 use crate::reader::{ObjectReader, PinnedObject, ReaderFactory};
 use crate::write::{FileNode, WriteBack};
 
@@ -49,7 +51,7 @@ pub use write_ops::{Owner, SetAttr};
 
 use overlay::{Entry, Overlay};
 
-pub const ROOT_INO: u64 = 1;
+pub const ROOT_INO: InodeNo = InodeNo::ROOT;
 /// Inodes of entries made by this mount have this bit set (snapshot inodes never do).
 pub const OVERLAY_INO: u64 = 1 << 62;
 /// Retired snapshots kept alive for inodes the kernel still holds.
@@ -101,11 +103,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn ino(&self, node: u32) -> u64 {
+    fn ino(&self, node: u32) -> InodeNo {
         if node == Namespace::ROOT {
             ROOT_INO
         } else {
-            (self.generation << 32) | (u64::from(node) + 1)
+            InodeNo((self.generation << 32) | (u64::from(node) + 1))
         }
     }
 }
@@ -113,7 +115,7 @@ impl Snapshot {
 /// Attributes of an inode, independent of FUSE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
-    pub ino: u64,
+    pub ino: InodeNo,
     pub kind: NodeKind,
     pub size: u64,
     pub mtime: SystemTime,
@@ -129,7 +131,7 @@ impl Attr {
     /// The attributes of a negative lookup reply (nothing there).
     pub fn negative() -> Self {
         Self {
-            ino: 0,
+            ino: InodeNo(0),
             kind: NodeKind::File,
             size: 0,
             mtime: UNIX_EPOCH,
@@ -168,7 +170,7 @@ pub(crate) enum Target {
     /// A file with a node (written, renamed or touched in this mount).
     File(Arc<FileNode>),
     /// A directory made or moved in this mount.
-    Dir { ino: u64, mtime_ms: i64 },
+    Dir { ino: InodeNo, mtime_ms: i64 },
 }
 
 /// A handle's reader of a node's object, with the ETag it is pinned to.
@@ -177,7 +179,7 @@ type NodeReader = Mutex<Option<(Option<String>, Arc<dyn ObjectReader>)>>;
 enum OpenFile {
     /// An unchanged file of a snapshot, pinned at open.
     Base {
-        ino: u64,
+        ino: InodeNo,
         reader: Box<dyn ObjectReader>,
         key: Arc<str>,
     },
@@ -198,7 +200,7 @@ struct Snapshots {
 /// The filesystem.
 pub struct Fs {
     snapshots: RwLock<Snapshots>,
-    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<Fh, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     readers: Arc<dyn ReaderFactory>,
     config: FsConfig,
@@ -210,11 +212,11 @@ pub struct Fs {
     /// Whether new handles may use FUSE passthrough (see `io_mode`).
     passthrough: std::sync::atomic::AtomicBool,
     /// Access times set by `utimens`, by inode (see [`Fs::set_atime`]); `any_atime` once any is.
-    atimes: Mutex<HashMap<u64, SystemTime>>,
+    atimes: Mutex<HashMap<InodeNo, SystemTime>>,
     any_atime: std::sync::atomic::AtomicBool,
     /// Directory modes, owners and mtimes set in this mount, by inode (see
     /// [`Fs::set_dir_attrs`]).
-    dir_attrs: Mutex<HashMap<u64, DirAttrs>>,
+    dir_attrs: Mutex<HashMap<InodeNo, DirAttrs>>,
 }
 
 /// What `chmod`, `chown` and `utimens` set on a directory.
@@ -262,27 +264,27 @@ impl Fs {
     /// (`recovered`) appear at their keys at once.
     pub fn with_write_back(mut self, write: Arc<WriteBack>, recovered: Vec<Arc<FileNode>>) -> Self {
         if let Some(max) = recovered.iter().map(|n| n.ino).max() {
-            self.next_ino.fetch_max(max + 1, Ordering::Relaxed);
+            self.next_ino.fetch_max(max.0 + 1, Ordering::Relaxed);
         }
         {
             let snap = self.current();
             let mut ov = self.overlay.write().unwrap();
             for node in recovered {
-                let key = node.state().key.clone();
+                let key = node.key();
                 if let Some(id) = base_lookup_path(&snap.namespace, &key) {
                     let info = snap.namespace.info(id).expect("exists");
                     if info.kind == NodeKind::File {
-                        node.state().remote = Some(crate::write::Remote {
+                        node.set_remote(Some(crate::write::Remote {
                             size: info.size,
                             etag: snap.namespace.etag_of(id),
-                        });
+                        }));
                     }
                 }
                 // Recovered files need directories to be reachable.
                 let mut dir = overlay::parent_of(&key).to_string();
                 while !dir.is_empty() && base_lookup_path(&snap.namespace, &dir).is_none() {
                     if ov.get(&dir).is_none() {
-                        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+                        let ino = self.new_ino();
                         ov.put(
                             dir.clone(),
                             Entry::Dir {
@@ -300,9 +302,14 @@ impl Fs {
         self
     }
 
+    /// A fresh file handle.
+    pub(crate) fn new_fh(&self) -> Fh {
+        Fh(self.next_fh.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// A fresh overlay inode number.
-    pub(crate) fn new_ino(&self) -> u64 {
-        self.next_ino.fetch_add(1, Ordering::Relaxed)
+    pub(crate) fn new_ino(&self) -> InodeNo {
+        InodeNo(self.next_ino.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn write_back(&self) -> Option<&Arc<WriteBack>> {
@@ -353,7 +360,7 @@ impl Fs {
     }
 
     /// Finds what an inode is, and its path.
-    pub(crate) fn resolve(&self, ino: u64) -> Result<(Target, String), FsError> {
+    pub(crate) fn resolve(&self, ino: InodeNo) -> Result<(Target, String), FsError> {
         {
             let ov = self.overlay.read().unwrap();
             if !ov.is_empty() {
@@ -376,7 +383,7 @@ impl Fs {
                 }
             }
         }
-        if ino & OVERLAY_INO != 0 {
+        if ino.0 & OVERLAY_INO != 0 {
             return Err(FsError::StaleInode(ino));
         }
         let (snap, node) = self.resolve_base(ino)?;
@@ -389,13 +396,13 @@ impl Fs {
     }
 
     /// Finds the snapshot and node of a snapshot inode.
-    fn resolve_base(&self, ino: u64) -> Result<(Arc<Snapshot>, u32), FsError> {
+    fn resolve_base(&self, ino: InodeNo) -> Result<(Arc<Snapshot>, u32), FsError> {
         let s = self.snapshots.read().unwrap();
         if ino == ROOT_INO {
             return Ok((s.current.clone(), Namespace::ROOT));
         }
-        let generation = ino >> 32;
-        let node = ((ino & 0xffff_ffff) as u32)
+        let generation = ino.0 >> 32;
+        let node = ((ino.0 & 0xffff_ffff) as u32)
             .checked_sub(1)
             .ok_or(FsError::StaleInode(ino))?;
         let snap = if s.current.generation == generation {
@@ -464,14 +471,14 @@ impl Fs {
 
     /// Records an access time set by `utimens`. Reads do not change it (as with `noatime`), and
     /// it is kept in memory for the mount's life, not in the bucket.
-    pub fn set_atime(&self, ino: u64, t: SystemTime) {
+    pub fn set_atime(&self, ino: InodeNo, t: SystemTime) {
         self.atimes.lock().unwrap().insert(ino, t);
         self.any_atime.store(true, Ordering::Relaxed);
     }
 
     /// Records a directory's new mode, owner or mtime. Kept in memory for the mount's life:
     /// directory markers do not carry them yet.
-    pub(crate) fn set_dir_attrs(&self, ino: u64, a: &SetAttr) {
+    pub(crate) fn set_dir_attrs(&self, ino: InodeNo, a: &SetAttr) {
         let mut all = self.dir_attrs.lock().unwrap();
         let d = all.entry(ino).or_default();
         if let Some(m) = a.mode {
@@ -484,7 +491,7 @@ impl Fs {
 
     /// A directory's entries changed (create, unlink, rename, mkdir, rmdir, symlink): its mtime
     /// is now (in memory, like other directory times).
-    pub(crate) fn touch_dir(&self, ino: u64) {
+    pub(crate) fn touch_dir(&self, ino: InodeNo) {
         self.dir_attrs.lock().unwrap().entry(ino).or_default().mtime = Some(SystemTime::now());
     }
 
@@ -492,7 +499,7 @@ impl Fs {
     /// mount set on inode `ino`, and its mtime if set.
     pub(crate) fn dir_manifest_attrs(
         &self,
-        ino: u64,
+        ino: InodeNo,
         base: Option<&crate::attrs::Attrs>,
     ) -> (crate::attrs::Attrs, Option<i64>) {
         let mut attrs = base.cloned().unwrap_or_default();
@@ -522,7 +529,7 @@ impl Fs {
         attr
     }
 
-    fn atime(&self, ino: u64) -> Option<SystemTime> {
+    fn atime(&self, ino: InodeNo) -> Option<SystemTime> {
         if !self.any_atime.load(Ordering::Relaxed) {
             return None;
         }
@@ -533,8 +540,7 @@ impl Fs {
         match t {
             Target::Base { snap, node } => self.attr(snap, *node),
             Target::File(n) => {
-                let mut st = n.state();
-                st.take_in_writes();
+                let st = n.stat();
                 let kind = if st.attrs.is_symlink() {
                     NodeKind::Symlink
                 } else {
@@ -620,7 +626,7 @@ impl Fs {
     }
 
     /// Looks up `name` in `parent`. On success the kernel holds one more lookup on the result.
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+    pub fn lookup(&self, parent: InodeNo, name: &[u8]) -> Result<Attr, FsError> {
         Metrics::add(&self.metrics.lookups, 1);
         if name.len() > crate::namespace::NAME_MAX {
             return Err(FsError::NameTooLong);
@@ -635,12 +641,12 @@ impl Fs {
     }
 
     /// The kernel dropped `n` lookups on `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: InodeNo, n: u64) {
         if ino == ROOT_INO {
             return;
         }
         let mut s = self.snapshots.write().unwrap();
-        let generation = ino >> 32;
+        let generation = ino.0 >> 32;
         let release = |snap: &Snapshot| {
             let _ = snap
                 .lookups
@@ -660,14 +666,14 @@ impl Fs {
         }
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+    pub fn getattr(&self, ino: InodeNo) -> Result<Attr, FsError> {
         let (t, _) = self.resolve(ino)?;
         Ok(self.target_attr(&t))
     }
 
     /// `getattr` through an open handle (`fstat`): a file unlinked while open still answers,
     /// from its node, with `nlink` 0, as POSIX wants for unlink-after-open temporary files.
-    pub fn getattr_open(&self, ino: u64, fh: Option<u64>) -> Result<Attr, FsError> {
+    pub fn getattr_open(&self, ino: InodeNo, fh: Option<Fh>) -> Result<Attr, FsError> {
         let resolved = self.resolve(ino);
         let open = fh.and_then(|fh| self.handles.lock().unwrap().get(&fh).cloned());
         if let Some(OpenFile::Node { node, .. }) = open.as_deref() {
@@ -689,7 +695,7 @@ impl Fs {
     /// `.` and `..` that `add` accepts counts as a lookup.
     pub fn readdir(
         &self,
-        ino: u64,
+        ino: InodeNo,
         offset: u64,
         plus: bool,
         mut add: impl FnMut(DirEntry<'_>) -> bool,
@@ -844,7 +850,7 @@ impl Fs {
 
     /// Opens a file. Write access needs write-back; opening a snapshot file for writing gives
     /// it a node (its content is staged on the first write).
-    pub fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+    pub fn open(&self, ino: InodeNo, write: bool) -> Result<Fh, FsError> {
         let (target, path) = self.resolve(ino)?;
         let open = match target {
             Target::Dir { .. } => return Err(FsError::IsDir),
@@ -878,19 +884,13 @@ impl Fs {
                 self.open_node(node, write)
             }
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.new_fh();
         self.handles.lock().unwrap().insert(fh, Arc::new(open));
         Ok(fh)
     }
 
     fn open_node(&self, node: Arc<FileNode>, write: bool) -> OpenFile {
-        {
-            let mut st = node.state();
-            if write {
-                st.writers += 1;
-            }
-            st.handles += 1;
-        }
+        node.opened(write);
         OpenFile::Node {
             node,
             write,
@@ -898,7 +898,7 @@ impl Fs {
         }
     }
 
-    fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
+    fn handle(&self, fh: Fh) -> Result<Arc<OpenFile>, FsError> {
         self.handles
             .lock()
             .unwrap()
@@ -908,7 +908,7 @@ impl Fs {
     }
 
     /// Reads from an open handle. Short only at EOF.
-    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
+    pub async fn read(&self, fh: Fh, offset: u64, len: u32) -> Result<Bytes, FsError> {
         let open = self.handle(fh)?;
         let (reader, key, ino) = match &*open {
             OpenFile::Base {
@@ -966,15 +966,12 @@ impl Fs {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, FsError> {
-        let (staged, size, key, remote) = {
-            let st = node.state();
-            (
-                st.staged.clone(),
-                st.size,
-                st.key.clone(),
-                st.remote.clone(),
-            )
-        };
+        let crate::write::Content {
+            staged,
+            size,
+            key,
+            remote,
+        } = node.content();
         let bytes = if let Some(staged) = staged {
             if offset >= size {
                 return Ok(Bytes::new());
@@ -1012,7 +1009,7 @@ impl Fs {
 
     /// Closes a handle. A handle that wrote is flushed again first (writes through a shared
     /// mapping can arrive after the last `flush`).
-    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+    pub async fn release(&self, fh: Fh) -> Result<(), FsError> {
         self.forget_mode(fh);
         let open = self.handles.lock().unwrap().remove(&fh);
         if let Some(open) = open {
@@ -1021,12 +1018,12 @@ impl Fs {
                 // operation (a chmod racing this release) either sees no writer and flushes
                 // itself, or happened before this flush, which takes it in.
                 let r = if *write {
-                    node.state().writers -= 1;
+                    node.writer_closed();
                     self.flush_node(node).await
                 } else {
                     Ok(())
                 };
-                node.state().handles -= 1;
+                node.handle_closed();
                 // A reader served from the staging file (passthrough) may have been what kept
                 // an uploaded file's staging file.
                 if let Some(wb) = &self.write {
@@ -1059,13 +1056,6 @@ impl Fs {
             free: self.write.as_ref().map_or(0, |w| w.free_bytes()),
         }
     }
-}
-
-/// Milliseconds since the epoch, now.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Finds a path in a snapshot, ignoring the overlay.

@@ -15,6 +15,7 @@
 //! - [`fuse`]: the `fuser` adapter, the only module that knows fuser types.
 //! - [`mount`]: a mount's life, start to finish: staging journal, namespace, FUSE session,
 //!   refresh, periodic manifest saves, and the shutdown order (settle, drain, save).
+//! - [`ids`]: the inode-number and file-handle newtypes.
 //! - [`error`]: the filesystem errors and their errno mapping (the only place errno appears).
 //! - `dirlock`: one daemon per cache or staging directory (a briefly retried `flock`).
 
@@ -24,6 +25,7 @@ mod dirlock;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod ids;
 pub mod mount;
 pub mod mountpoint;
 pub mod prefetch;
@@ -31,3 +33,10 @@ pub mod reader;
 pub mod write;
 
 pub use pai_store::{attrs, framing, manifest, metrics, namespace, object};
+
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

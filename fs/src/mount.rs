@@ -124,7 +124,7 @@ impl Mount {
                 let (wb, recovery) =
                     WriteBack::open(wc.clone(), source.clone(), metrics.clone(), || {
                         next += 1;
-                        next
+                        crate::ids::InodeNo(next)
                     })
                     .map_err(|e| MountError::Staging {
                         dir: wc.dir.clone(),

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use super::{Fs, OpenFile};
 use crate::error::FsError;
+use crate::ids::{Fh, InodeNo};
 use crate::write::{FileNode, Staged};
 
 /// How an open file may be used.
@@ -70,7 +71,7 @@ pub enum IoMode {
     Cached { keep_cache: bool },
     /// The kernel reads and writes this staging file directly; all passthrough handles of inode
     /// `ino` share it.
-    Passthrough { staged: Arc<Staged>, ino: u64 },
+    Passthrough { staged: Arc<Staged>, ino: InodeNo },
     /// Through the daemon, bypassing the page cache (a read-write handle of an inode in
     /// passthrough mode).
     Direct,
@@ -93,10 +94,10 @@ struct Counts {
 #[derive(Default, Debug)]
 pub(super) struct IoModes {
     /// fh -> (ino, kind, writes through passthrough).
-    handles: HashMap<u64, (u64, Kind, bool)>,
-    inodes: HashMap<u64, Counts>,
+    handles: HashMap<Fh, (InodeNo, Kind, bool)>,
+    inodes: HashMap<InodeNo, Counts>,
     /// Inodes whose page cache may hold bytes that failed a checksum: their next open drops it.
-    damaged: std::collections::HashSet<u64>,
+    damaged: std::collections::HashSet<InodeNo>,
 }
 
 impl Fs {
@@ -113,7 +114,7 @@ impl Fs {
 
     /// Records that a read of inode `ino` failed a checksum after some of its bytes reached the
     /// page cache.
-    pub(super) fn mark_damaged(&self, ino: u64) {
+    pub(super) fn mark_damaged(&self, ino: InodeNo) {
         self.io.lock().unwrap().damaged.insert(ino);
     }
 
@@ -123,23 +124,19 @@ impl Fs {
 
     /// Chooses the I/O mode of handle `fh` (just opened or created with `access`) and records
     /// it. Call once per handle, before replying to the kernel.
-    pub fn io_mode(&self, fh: u64, access: Access) -> Result<IoMode, FsError> {
+    pub fn io_mode(&self, fh: Fh, access: Access) -> Result<IoMode, FsError> {
         let open = self.handle(fh)?;
-        let (ino, node): (u64, Option<&Arc<FileNode>>) = match &*open {
+        let (ino, node): (InodeNo, Option<&Arc<FileNode>>) = match &*open {
             OpenFile::Base { ino, .. } => (*ino, None),
             OpenFile::Node { node, .. } => (node.ino, Some(node)),
         };
         let mut io = self.io.lock().unwrap();
         let counts = io.inodes.entry(ino).or_default();
         // Lock order: io modes, then the node's state.
-        let (staged, patchable) = node.map_or((None, false), |n| {
-            let st = n.state();
-            // Large enough for its uploads to reuse the object, and not just emptied (a new
-            // file, or `O_TRUNC` as a checkpoint save rewrites one): writes through the daemon
-            // keep track of what changes from here on.
-            let patchable = st.size >= crate::object::patch::MIN_PART;
-            (st.staged.clone().filter(|_| !st.unlinked), patchable)
-        });
+        // `patchable`: large enough for its uploads to reuse the object, and not just emptied
+        // (a new file, or `O_TRUNC` as a checkpoint save rewrites one): writes through the
+        // daemon keep track of what changes from here on.
+        let (staged, patchable) = node.map_or((None, false), |n| n.io_view());
         // A writer of a file that can still be uploaded as a patch (see the module docs)
         // writes through the daemon, which sees what it changes.
         let daemon_writes = access.writes() && patchable;
@@ -183,15 +180,7 @@ impl Fs {
             Kind::Passthrough => {
                 let node = node.expect("passthrough handles have a node");
                 let staged = staged.expect("passthrough needs the staging file");
-                {
-                    let mut st = node.state();
-                    st.passthrough += 1;
-                    if pt_writer {
-                        st.passthrough_writers += 1;
-                        // An upload in flight is checked against this mark before it commits.
-                        st.mark_staging();
-                    }
-                }
+                node.passthrough_opened(pt_writer);
                 IoMode::Passthrough { staged, ino }
             }
         })
@@ -199,7 +188,7 @@ impl Fs {
 
     /// The kernel could not take the staging file of `fh` (its first passthrough handle): the
     /// handle falls back to cached mode, and passthrough is switched off for the mount.
-    pub fn passthrough_refused(&self, fh: u64) {
+    pub fn passthrough_refused(&self, fh: Fh) {
         self.passthrough.store(false, Ordering::Relaxed);
         self.metrics
             .passthrough_opens
@@ -216,7 +205,7 @@ impl Fs {
     /// Forgets the mode of a handle being released (call before it is removed), taking in the
     /// last writes of a passthrough writer; returns its node if it was a passthrough handle
     /// (whose counts on the node are dropped here too).
-    pub(super) fn forget_mode(&self, fh: u64) -> Option<Arc<FileNode>> {
+    pub(super) fn forget_mode(&self, fh: Fh) -> Option<Arc<FileNode>> {
         let (ino, kind, pt_writer) = {
             let mut io = self.io.lock().unwrap();
             let (ino, kind, pt_writer) = io.handles.remove(&fh)?;
@@ -240,16 +229,8 @@ impl Fs {
             return None;
         };
         debug_assert_eq!(node.ino, ino);
-        let mut st = node.state();
-        if pt_writer {
-            // The last writes went straight to the staging file.
-            st.take_in_writes();
-            st.passthrough_writers -= 1;
-            if st.passthrough_writers == 0 {
-                st.passthrough_mark = None;
-            }
-        }
-        st.passthrough -= 1;
+        // The last writes of a writer went straight to the staging file.
+        node.passthrough_closed(pt_writer);
         Some(node.clone())
     }
 }

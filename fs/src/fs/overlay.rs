@@ -14,6 +14,7 @@
 //! Entries stay for the life of the mount (they are small), so a refresh of the snapshot
 //! cannot undo a change made here.
 
+use crate::ids::InodeNo;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use crate::write::FileNode;
 #[derive(Debug, Clone)]
 pub enum Entry {
     File(Arc<FileNode>),
-    Dir { ino: u64, mtime_ms: i64 },
+    Dir { ino: InodeNo, mtime_ms: i64 },
     Whiteout,
 }
 
@@ -30,7 +31,7 @@ pub enum Entry {
 pub struct Overlay {
     entries: BTreeMap<String, Entry>,
     /// Inode number to path, for `File` and `Dir` entries.
-    inos: HashMap<u64, String>,
+    inos: HashMap<InodeNo, String>,
 }
 
 /// `parent/name`, or `name` at the root.
@@ -56,7 +57,7 @@ impl Overlay {
         self.entries.get(path)
     }
 
-    pub fn path_of(&self, ino: u64) -> Option<&str> {
+    pub fn path_of(&self, ino: InodeNo) -> Option<&str> {
         self.inos.get(&ino).map(String::as_str)
     }
 

@@ -34,7 +34,7 @@ async fn setup(files: &[(&str, Vec<u8>)]) -> (Arc<Fs>, Arc<InMemory>, ObjectSour
     (Arc::new(fs), store, source)
 }
 
-fn names(fs: &Fs, ino: u64, offset: u64) -> Vec<String> {
+fn names(fs: &Fs, ino: crate::ids::InodeNo, offset: u64) -> Vec<String> {
     let mut out = Vec::new();
     fs.readdir(ino, offset, false, |e| {
         out.push(e.name.to_string());

@@ -15,10 +15,11 @@ use super::overlay::{self, Entry};
 use super::{base_lookup_path, now_ms, Access, Attr, Fs, OpenFile, Target, ROOT_INO};
 use crate::attrs::{Attrs, PERM_BITS, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::error::FsError;
+use crate::ids::{Fh, InodeNo};
 use crate::manifest::{self, Etag};
 use crate::metrics::Metrics;
 use crate::namespace::{NodeKind, NAME_MAX};
-use crate::write::{FileNode, Remote, WriteBack};
+use crate::write::{FileNode, MetaChange, MetaDone, Remote, WriteBack};
 
 /// What `setattr` asks to change.
 #[derive(Debug, Clone, Default)]
@@ -31,7 +32,7 @@ pub struct SetAttr {
     /// Kept in memory for the mount's life (see [`Fs::set_atime`]).
     pub atime: Option<SystemTime>,
     /// The handle, when the change comes through an open file (`ftruncate`).
-    pub fh: Option<u64>,
+    pub fh: Option<Fh>,
 }
 
 /// Who creates an entry, and with which mode: what the object's metadata keeps. The default
@@ -88,17 +89,16 @@ fn check_name(name: &[u8], at_root: bool) -> Result<&str, FsError> {
 /// A node for a snapshot file or symlink: its object, attributes and snapshot inode.
 fn base_node(snap: &super::Snapshot, node: u32, path: String) -> Arc<FileNode> {
     let info = snap.namespace.info(node).expect("resolved");
-    let n = FileNode::new(
+    FileNode::for_object(
         snap.ino(node),
         path,
         info.mtime_ms,
-        Some(Remote {
+        Remote {
             size: info.size,
             etag: snap.namespace.etag_of(node),
-        }),
-    );
-    n.state().attrs = snap.namespace.attrs(node).cloned().unwrap_or_default();
-    n
+        },
+        snap.namespace.attrs(node).cloned().unwrap_or_default(),
+    )
 }
 
 fn is_dir(t: &Target) -> bool {
@@ -124,7 +124,7 @@ impl Fs {
     }
 
     /// Like `resolve`, but always with the path (snapshot paths are computed lazily there).
-    fn resolve_path(&self, ino: u64) -> Result<(Target, String), FsError> {
+    fn resolve_path(&self, ino: InodeNo) -> Result<(Target, String), FsError> {
         let (t, path) = self.resolve(ino)?;
         let path = match &t {
             Target::Base { snap, node } if path.is_empty() && ino != ROOT_INO => {
@@ -182,7 +182,7 @@ impl Fs {
 
     /// The path of a new entry `name` in `parent`: a valid name, in a directory, not taken,
     /// with a key the store accepts.
-    fn new_path(&self, parent: u64, name: &[u8], is_new_dir: bool) -> Result<String, FsError> {
+    fn new_path(&self, parent: InodeNo, name: &[u8], is_new_dir: bool) -> Result<String, FsError> {
         let name = check_name(name, parent == ROOT_INO)?;
         let (dir, dir_path) = self.resolve_path(parent)?;
         if !is_dir(&dir) {
@@ -200,25 +200,25 @@ impl Fs {
     }
 
     /// Creates and opens a new, empty file. Returns its attributes and handle.
-    pub async fn create(&self, parent: u64, name: &[u8]) -> Result<(Attr, u64), FsError> {
+    pub async fn create(&self, parent: InodeNo, name: &[u8]) -> Result<(Attr, Fh), FsError> {
         self.create_as(parent, name, Owner::default()).await
     }
 
     /// [`Self::create`] with the creator's mode and ids, which the object keeps.
     pub async fn create_as(
         &self,
-        parent: u64,
+        parent: InodeNo,
         name: &[u8],
         owner: Owner,
-    ) -> Result<(Attr, u64), FsError> {
+    ) -> Result<(Attr, Fh), FsError> {
         let wb = self.wb()?;
         let path = self.new_path(parent, name, false)?;
-        let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
-        {
-            let mut st = node.state();
-            st.attrs = owner.attrs(S_IFREG, &self.config);
-            st.absent = true;
-        }
+        let node = FileNode::new_local(
+            self.new_ino(),
+            path.clone(),
+            now_ms(),
+            owner.attrs(S_IFREG, &self.config),
+        );
         wb.stage(&node, true).await?;
         self.overlay
             .write()
@@ -227,15 +227,13 @@ impl Fs {
         self.touch_dir(parent);
         let attr = self.target_attr(&Target::File(node.clone()));
         let open = self.open_node(node, true);
-        let fh = self
-            .next_fh
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fh = self.new_fh();
         self.handles.lock().unwrap().insert(fh, Arc::new(open));
         Ok((attr, fh))
     }
 
     /// The node of a handle opened for writing.
-    fn writing_node(&self, fh: u64) -> Result<Arc<FileNode>, FsError> {
+    fn writing_node(&self, fh: Fh) -> Result<Arc<FileNode>, FsError> {
         match &*self.handle(fh)? {
             OpenFile::Node {
                 node, write: true, ..
@@ -244,63 +242,11 @@ impl Fs {
         }
     }
 
-    /// The node's staging file (staging the object first if needed), with `change` applied to
-    /// its state in the same critical section: the uploader drops a staging file only when no
-    /// version bump happened since its upload.
-    async fn stage_for_write(
-        &self,
-        node: &Arc<FileNode>,
-        mut change: impl FnMut(&mut crate::write::FileState),
-    ) -> Result<Arc<crate::write::Staged>, FsError> {
-        let wb = self.wb()?;
-        loop {
-            {
-                let mut st = node.state();
-                if let Some(s) = st.staged.clone() {
-                    change(&mut st);
-                    return Ok(s);
-                }
-            }
-            wb.stage(node, false).await?;
-        }
-    }
-
-    /// After a local write to the staging file failed: the size is what the file holds, and an
-    /// early upload of the stream restarts.
-    fn failed_write(
-        &self,
-        node: &FileNode,
-        staged: &crate::write::Staged,
-        e: std::io::Error,
-    ) -> FsError {
-        if let Ok(wb) = self.wb() {
-            let mut st = node.state();
-            if let Ok(len) = staged.len() {
-                st.size = len;
-            }
-            wb.reset_stream(&mut st, false);
-        }
-        FsError::Io(e)
-    }
-
     /// Writes through a handle opened for writing. The first write to an existing object
     /// stages it (downloads it) first.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+    pub async fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let node = self.writing_node(fh)?;
-        let wb = self.wb()?;
-        let end = offset + data.len() as u64;
-        let staged = self
-            .stage_for_write(&node, |st| {
-                st.version += 1;
-                st.mtime_ms = now_ms();
-                st.size = st.size.max(end);
-                wb.before_write(st, offset, end);
-            })
-            .await?;
-        if let Err(e) = staged.write_at(data, offset) {
-            return Err(self.failed_write(&node, &staged, e));
-        }
-        wb.after_write(&node);
+        self.wb()?.write(&node, offset, data).await?;
         Metrics::add(&self.metrics.write_bytes, data.len() as u64);
         Ok(data.len() as u32)
     }
@@ -308,49 +254,23 @@ impl Fs {
     /// `fallocate` on a handle that writes: mode 0 reserves the range in the staging file and
     /// extends the file to its end (with zeros), `FALLOC_FL_KEEP_SIZE` only reserves. Other
     /// modes (punching holes, zeroing, collapsing) are `EOPNOTSUPP`.
-    pub async fn fallocate(
-        &self,
-        fh: u64,
-        offset: u64,
-        len: u64,
-        mode: i32,
-    ) -> Result<(), FsError> {
+    pub async fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> Result<(), FsError> {
         let node = self.writing_node(fh)?;
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
             return Err(FsError::Unsupported);
         }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let wb = self.wb()?;
-        let end = offset
-            .checked_add(len)
-            .ok_or(FsError::Invalid("range past 2^64"))?;
-        let staged = self
-            .stage_for_write(&node, |st| {
-                if !keep_size && end > st.size {
-                    // Like a write of zeros at the end: a new version, a new size.
-                    st.version += 1;
-                    st.mtime_ms = now_ms();
-                    let from = st.size;
-                    st.changed(from..end);
-                    st.size = end;
-                    wb.before_write(st, from, end);
-                }
-            })
-            .await?;
-        if let Err(e) = staged.allocate(offset, len, keep_size) {
-            return Err(self.failed_write(&node, &staged, e));
+        if offset.checked_add(len).is_none() {
+            return Err(FsError::Invalid("range past 2^64"));
         }
-        if !keep_size {
-            wb.after_write(&node);
-        }
-        Ok(())
+        Ok(self.wb()?.allocate(&node, offset, len, keep_size).await?)
     }
 
     /// `close()` of a descriptor: a handle that wrote makes the file durable locally (staging
     /// file and journal record fsynced). The upload is queued when the handle is released
     /// (the last descriptor of the open file is closed), so a close of a duplicate descriptor
     /// (`dup2` and close, as `dd` does) does not upload a version the writer is still writing.
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+    pub async fn flush(&self, fh: Fh) -> Result<(), FsError> {
         let open = self.handle(fh)?;
         match (&*open, &self.write) {
             (
@@ -371,7 +291,7 @@ impl Fs {
     }
 
     /// `fsync()`: waits until the file's content is in the bucket.
-    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+    pub async fn fsync(&self, fh: Fh) -> Result<(), FsError> {
         let open = self.handle(fh)?;
         match (&*open, &self.write) {
             (OpenFile::Node { node, .. }, Some(wb)) => Ok(wb.fsync(node).await?),
@@ -381,46 +301,29 @@ impl Fs {
 
     /// Opens `ino` for `access`, emptying it first when `truncate` (`O_TRUNC`, when the kernel
     /// passes it with the open instead of a separate truncate).
-    pub async fn open_as(&self, ino: u64, access: Access, truncate: bool) -> Result<u64, FsError> {
+    pub async fn open_as(
+        &self,
+        ino: InodeNo,
+        access: Access,
+        truncate: bool,
+    ) -> Result<Fh, FsError> {
         let fh = self.open(ino, access.writes() || truncate)?;
         if truncate {
             let node = match &*self.handle(fh)? {
                 OpenFile::Node { node, .. } => node.clone(),
                 OpenFile::Base { .. } => unreachable!("a handle that may write has a node"),
             };
-            if let Err(e) = self.truncate(&node, 0).await {
+            if let Err(e) = self.wb()?.truncate(&node, 0).await {
                 let _ = self.release(fh).await;
-                return Err(e);
+                return Err(e.into());
             }
         }
         Ok(fh)
     }
 
-    /// Sets the size of a node's content.
-    async fn truncate(&self, node: &Arc<FileNode>, size: u64) -> Result<(), FsError> {
-        let wb = self.wb()?;
-        let staged = loop {
-            {
-                let mut st = node.state();
-                if let Some(s) = st.staged.clone() {
-                    st.version += 1;
-                    let old = st.size;
-                    st.changed(old.min(size)..old.max(size));
-                    st.size = size;
-                    st.mtime_ms = now_ms();
-                    wb.reset_stream(&mut st, size == 0);
-                    break s;
-                }
-            }
-            wb.stage(node, size == 0).await?;
-        };
-        staged.set_len(size)?;
-        Ok(())
-    }
-
     /// Changes size, mtime, atime, mode and ownership (see docs/SEMANTICS.md, "Modes, owners
     /// and symlinks").
-    pub async fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr, FsError> {
+    pub async fn setattr(&self, ino: InodeNo, a: SetAttr) -> Result<Attr, FsError> {
         let (target, path) = self.resolve_path(ino)?;
         if let Some(t) = a.atime {
             self.set_atime(ino, t);
@@ -460,76 +363,34 @@ impl Fs {
         let wb = self.wb()?.clone();
         let node = self.node_of(target, path)?;
         if let Some(size) = a.size {
-            self.truncate(&node, size).await?;
-            let writing = node.state().writers > 0;
-            if a.fh.is_none() && !writing {
+            wb.truncate(&node, size).await?;
+            if a.fh.is_none() && !node.has_writers() {
                 self.flush_node(&node).await?;
             }
         }
         if a.mtime.is_some() || perm_changes || owner_changes {
             wb.mark_dirty()?;
-            let local = {
-                let mut st = node.state();
-                if let Some(t) = a.mtime {
-                    st.mtime_ms = ms_of(t);
-                }
-                if let Some(m) = a.mode.filter(|_| perm_changes) {
-                    st.attrs.set_perm(m, S_IFREG);
-                }
-                if owner_changes {
-                    st.attrs.uid = a.uid.or(st.attrs.uid);
-                    st.attrs.gid = a.gid.or(st.attrs.gid);
-                }
-                // Content not yet in the bucket: the upload carries the new metadata. A new
-                // version makes an upload already under way start again with it.
-                let local = st.staged.is_some() && (st.writers > 0 || st.version > st.uploaded);
-                if local {
-                    st.version += 1;
-                    wb.reset_stream(&mut st, false);
-                }
-                // Decided with the bump: a writer still open flushes at its release.
-                local.then_some(st.writers == 0)
+            let change = MetaChange {
+                mtime_ms: a.mtime.map(ms_of),
+                perm: a.mode.filter(|_| perm_changes),
+                uid: a.uid.filter(|_| owner_changes),
+                gid: a.gid.filter(|_| owner_changes),
             };
-            if let Some(flush_now) = local {
-                if flush_now {
-                    self.flush_node(&node).await?;
-                }
-            } else {
-                self.replace_metadata(&wb, &node).await?;
+            match wb.change_meta(&node, change) {
+                MetaDone::Flush => self.flush_node(&node).await?,
+                MetaDone::AtRelease => {}
+                MetaDone::Replace => wb.replace_metadata(&node).await?,
             }
             Metrics::add(&self.metrics.namespace_changes, 1);
         }
         Ok(self.target_attr(&Target::File(node)))
     }
 
-    /// Sets the metadata of a node whose content is in the bucket: a copy of the object onto
-    /// itself (no re-upload). Returns when the bucket has it.
-    async fn replace_metadata(&self, wb: &WriteBack, node: &Arc<FileNode>) -> Result<(), FsError> {
-        let _commit = node.lock_commit().await;
-        let (key, meta) = {
-            let st = node.state();
-            if st.unlinked || st.remote.is_none() {
-                return Ok(());
-            }
-            let meta = crate::object::UploadMeta {
-                mtime_ms: Some(st.mtime_ms),
-                attrs: st.attrs.clone(),
-            };
-            (st.key.clone(), meta)
-        };
-        let etag = wb.source().set_meta(&key, &meta).await?;
-        let mut st = node.state();
-        if let (Some(r), Some(e)) = (st.remote.as_mut(), etag) {
-            r.etag = Some(e);
-        }
-        Ok(())
-    }
-
     /// Makes a symlink `name` in `parent` pointing at `target`: an object whose body is the
     /// target, with a symlink mode (the s3fs encoding), uploaded as a file is.
     pub async fn symlink(
         &self,
-        parent: u64,
+        parent: InodeNo,
         name: &[u8],
         target: &[u8],
         owner: Owner,
@@ -542,23 +403,13 @@ impl Fs {
         }
         let wb = self.wb()?;
         let path = self.new_path(parent, name, false)?;
-        let node = FileNode::new(self.new_ino(), path.clone(), now_ms(), None);
-        {
-            let mut st = node.state();
-            st.attrs = Attrs {
-                mode: Some(S_IFLNK | 0o777),
-                target: Some(target.into()),
-                ..owner.attrs(S_IFLNK, &self.config)
-            };
-            st.absent = true;
-        }
-        let staged = wb.stage(&node, true).await?;
-        staged.write_at(target, 0).map_err(FsError::Io)?;
-        {
-            let mut st = node.state();
-            st.size = target.len() as u64;
-            st.version += 1;
-        }
+        let attrs = Attrs {
+            mode: Some(S_IFLNK | 0o777),
+            target: Some(target.into()),
+            ..owner.attrs(S_IFLNK, &self.config)
+        };
+        let node = FileNode::new_local(self.new_ino(), path.clone(), now_ms(), attrs);
+        wb.write_symlink(&node, target).await?;
         self.overlay
             .write()
             .unwrap()
@@ -570,7 +421,7 @@ impl Fs {
     }
 
     /// A symlink's target, from the manifest or the node: no request.
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+    pub fn readlink(&self, ino: InodeNo) -> Result<Vec<u8>, FsError> {
         let (target, _) = self.resolve(ino)?;
         match target {
             Target::Base { snap, node } => snap
@@ -579,8 +430,8 @@ impl Fs {
                 .map(<[u8]>::to_vec)
                 .ok_or(FsError::Invalid("not a symlink")),
             Target::File(n) => {
-                let st = n.state();
-                match (&st.attrs.target, st.attrs.mode) {
+                let attrs = n.attrs();
+                match (&attrs.target, attrs.mode) {
                     (Some(t), Some(m)) if m & crate::attrs::S_IFMT == S_IFLNK => Ok(t.to_vec()),
                     _ => Err(FsError::Invalid("not a symlink")),
                 }
@@ -590,13 +441,18 @@ impl Fs {
     }
 
     /// Makes a directory: an empty marker object `name/`.
-    pub async fn mkdir(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+    pub async fn mkdir(&self, parent: InodeNo, name: &[u8]) -> Result<Attr, FsError> {
         self.mkdir_as(parent, name, Owner::default()).await
     }
 
     /// [`Self::mkdir`] with the creator's mode and ids: its marker object carries what differs
     /// from the mount's defaults.
-    pub async fn mkdir_as(&self, parent: u64, name: &[u8], owner: Owner) -> Result<Attr, FsError> {
+    pub async fn mkdir_as(
+        &self,
+        parent: InodeNo,
+        name: &[u8],
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
         let wb = self.wb()?;
         let path = self.new_path(parent, name, true)?;
         wb.mark_dirty()?;
@@ -638,7 +494,7 @@ impl Fs {
     }
 
     /// Removes a file: its object, and any upload of it that is pending.
-    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+    pub async fn unlink(&self, parent: InodeNo, name: &[u8]) -> Result<(), FsError> {
         let wb = self.wb()?;
         let (dir, dir_path) = self.resolve_path(parent)?;
         let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
@@ -651,7 +507,7 @@ impl Fs {
             Target::File(node) => {
                 let _g = node.lock_commit().await;
                 // A file made here and never uploaded has nothing in the bucket to delete.
-                if !node.state().absent {
+                if !node.is_absent() {
                     wb.source().delete(&path).await?;
                 }
                 wb.discard(&node)?;
@@ -666,7 +522,7 @@ impl Fs {
     }
 
     /// Removes an empty directory and its marker.
-    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+    pub async fn rmdir(&self, parent: InodeNo, name: &[u8]) -> Result<(), FsError> {
         let wb = self.wb()?;
         let (dir, dir_path) = self.resolve_path(parent)?;
         let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
@@ -690,9 +546,9 @@ impl Fs {
     /// it, up to the configured limit, else `EXDEV`). Not atomic.
     pub async fn rename(
         &self,
-        parent: u64,
+        parent: InodeNo,
         name: &[u8],
-        new_parent: u64,
+        new_parent: InodeNo,
         new_name: &[u8],
         no_replace: bool,
     ) -> Result<(), FsError> {
@@ -759,49 +615,7 @@ impl Fs {
             Target::Base { snap, node } => base_node(&snap, node, spath.to_string()),
             Target::Dir { .. } => return Err(FsError::IsDir),
         };
-        {
-            let _g = node.lock_commit().await;
-            // Content in the bucket is copied there, unless a local copy of a file small enough
-            // for one PUT is at hand: sending it again under the new key (in the background)
-            // costs less than a copy, a HEAD and a delete in a row, for the many small renames
-            // of package installs and atomic writes.
-            let copy_on_server = {
-                let st = node.state();
-                let small_local = st.staged.is_some() && st.size <= wb.config().part_size;
-                st.remote.is_some() && st.version == st.uploaded && !small_local
-            };
-            if copy_on_server {
-                // The content is the object: copy it on the server.
-                let source = wb.source();
-                source.copy(spath, dpath).await?;
-                let head = source.head(dpath).await?;
-                source.delete(spath).await?;
-                let mut st = node.state();
-                st.key = dpath.to_string();
-                st.remote = head.map(|(size, etag)| Remote { size, etag });
-            } else {
-                // Local content: re-key it, journal it under the new key, upload it there.
-                let absent = {
-                    let mut st = node.state();
-                    st.key = dpath.to_string();
-                    st.remote = None;
-                    st.version += 1;
-                    let seq = st.seq_end;
-                    wb.reset_stream(&mut st, false);
-                    st.seq_end = seq;
-                    // What the new key holds in the bucket is not known here.
-                    std::mem::replace(&mut st.absent, false)
-                };
-                wb.flush_locked(&node)?;
-                // Whatever the bucket has under the old key goes: an earlier upload of this
-                // file, or an object this file replaced before its own upload completed. A
-                // file made here and never uploaded left nothing there.
-                if !absent {
-                    wb.source().delete(spath).await?;
-                }
-            }
-        }
-        wb.enqueue(&node).await?;
+        wb.rename(&node, spath, dpath).await?;
         let whiteout = self.has_base(spath);
         let mut ov = self.overlay.write().unwrap();
         ov.remove(spath, whiteout, false);
@@ -939,21 +753,7 @@ impl Fs {
                         attrs,
                     })
                 }
-                Entry::File(n) => {
-                    let st = n.state();
-                    if st.unlinked {
-                        continue;
-                    }
-                    if let Some(r) = &st.remote {
-                        out.push(manifest::Entry {
-                            key: path.clone().into_bytes().into(),
-                            size: r.size,
-                            mtime_ms: st.mtime_ms,
-                            etag: Etag::parse(r.etag.as_deref()),
-                            attrs: st.attrs.clone(),
-                        });
-                    }
-                }
+                Entry::File(n) => out.extend(n.manifest_entry(path)),
             }
         }
         out.sort_by(|a, b| manifest::tree_cmp(&a.key, &b.key));

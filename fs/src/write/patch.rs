@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::object::patch::{plan, PatchUpload, Piece};
 
-use super::{FileNode, Version, WriteBack, MAX_PARTS};
+use super::uploader::Version;
+use super::{FileNode, WriteBack, MAX_PARTS};
 
 impl WriteBack {
     /// Sends `v` as a patch of its base; `None` when it cannot or should not be.

@@ -1,6 +1,7 @@
 //! Core tests of write-back through the filesystem, without FUSE, over an in-memory store.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -12,6 +13,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::error::FsError;
 use crate::fs::{Fs, FsConfig, SetAttr, ROOT_INO};
+use crate::ids::{Fh, InodeNo};
 use crate::manifest::{self, BuildOptions};
 use crate::namespace::NodeKind;
 use crate::object::Source;
@@ -100,7 +102,7 @@ async fn object(store: &InMemory, key: &str) -> Option<Vec<u8>> {
 }
 
 impl Rig {
-    fn ino(&self, path: &str) -> Result<u64, FsError> {
+    fn ino(&self, path: &str) -> Result<InodeNo, FsError> {
         let mut ino = ROOT_INO;
         for seg in path.split('/').filter(|s| !s.is_empty()) {
             ino = self.fs.lookup(ino, seg.as_bytes())?.ino;
@@ -108,7 +110,7 @@ impl Rig {
         Ok(ino)
     }
 
-    fn split<'a>(&self, path: &'a str) -> (u64, &'a str) {
+    fn split<'a>(&self, path: &'a str) -> (InodeNo, &'a str) {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         (self.ino(dir).unwrap(), name)
     }
@@ -127,7 +129,7 @@ impl Rig {
         Ok(out)
     }
 
-    async fn write_file(&self, path: &str, data: &[u8]) -> u64 {
+    async fn write_file(&self, path: &str, data: &[u8]) -> Fh {
         let (dir, name) = self.split(path);
         let fh = match self.fs.create(dir, name.as_bytes()).await {
             Ok((_, fh)) => fh,
@@ -155,7 +157,7 @@ impl Rig {
         fh
     }
 
-    async fn close(&self, fh: u64) {
+    async fn close(&self, fh: Fh) {
         self.fs.flush(fh).await.unwrap();
         self.fs.release(fh).await.unwrap();
     }
@@ -815,7 +817,7 @@ async fn a_second_daemon_cannot_take_the_staging_directory() {
         config(tmp.path()),
         rig.source.clone(),
         Arc::new(Metrics::default()),
-        || 1,
+        || InodeNo(1),
     );
     assert!(matches!(r, Err(WriteBackError::Locked { .. })));
     use std::os::unix::fs::PermissionsExt;
@@ -884,7 +886,7 @@ async fn run_model(ops: Vec<Op>) {
     let mut perms: BTreeMap<&str, u32> = BTreeMap::new();
     let mut mtimes: BTreeMap<&str, u32> = BTreeMap::new();
     let mut links: BTreeSet<&str> = BTreeSet::new();
-    let mut open: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut open: BTreeMap<&str, Fh> = BTreeMap::new();
     for op in ops {
         // Content operations skip links (the kernel would follow them).
         let on_link = match &op {
