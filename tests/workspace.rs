@@ -84,6 +84,14 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
         .unwrap()
         .set_modified(when)
         .unwrap();
+    // Access times: set by utimens on a file and a directory, kept as `atime` metadata.
+    let accessed = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    std::fs::File::open(p.join("notes.txt"))
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_accessed(accessed))
+        .unwrap();
+    run(p, "touch", &["-a", "-d", "@1400000000", "private"]);
+    let dir_accessed = UNIX_EPOCH + Duration::from_secs(1_400_000_000);
     let check = |p: &Path| {
         let md = std::fs::symlink_metadata(p.join("bin/rel")).unwrap();
         assert!(md.file_type().is_symlink());
@@ -107,6 +115,14 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
         let notes = std::fs::metadata(p.join("notes.txt")).unwrap();
         assert_eq!((notes.uid(), notes.gid()), (4321, 765));
         assert_eq!(notes.modified().unwrap(), when);
+        assert_eq!(notes.accessed().unwrap(), accessed);
+        assert_eq!(
+            std::fs::metadata(p.join("private"))
+                .unwrap()
+                .accessed()
+                .unwrap(),
+            dir_accessed
+        );
         assert_eq!(notes.mode() & 0o7777, 0o644, "the default mode");
         let dir_mode = |d: &str| std::fs::metadata(p.join(d)).unwrap().mode() & 0o7777;
         assert_eq!((dir_mode("private"), dir_mode("bin")), (0o700, 0o750));
@@ -124,6 +140,8 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
     );
     assert_eq!(meta(&s, "ws/notes.txt")["uid"], "4321");
     assert_eq!(meta(&s, "ws/notes.txt")["mtime"], "1600000000.000");
+    assert_eq!(meta(&s, "ws/notes.txt")["atime"], "1500000000.000");
+    assert_eq!(meta(&s, "ws/private/")["atime"], "1400000000.000");
     assert_eq!(meta(&s, "ws/private/")["mode"], (0o040_700u32).to_string());
     assert_eq!(meta(&s, "ws/bin/")["mode"], (0o040_750u32).to_string());
 
@@ -181,6 +199,14 @@ fn symlinks_modes_owners_and_times_reach_the_bucket_and_survive_remounts() {
     assert_eq!(
         std::fs::metadata(p.join("notes.txt")).unwrap().mode() & 0o7777,
         0o600
+    );
+    assert_eq!(
+        std::fs::metadata(p.join("notes.txt"))
+            .unwrap()
+            .accessed()
+            .unwrap(),
+        accessed,
+        "the access time survives the metadata copy and comes back from a HEAD"
     );
     assert_eq!(run(p, "bin/run.sh", &[]), "ran\n");
     // A symlink's rename keeps it a symlink; unlink removes the object.
@@ -471,4 +497,57 @@ fn appends_and_partial_overwrites_send_what_changed() {
     let mut want = big;
     want[40 << 20..(40 << 20) + 4096].fill(0xEE);
     assert!(got.data[..] == want[..], "the new version is exact");
+}
+
+/// With a disk cache, what the mount uploads goes into it under the new ETag: after a remount,
+/// reading those files (a `git status` re-hashing a checkout, a cold `import`) needs no GET.
+#[test]
+fn written_files_are_read_from_the_disk_cache_after_a_remount() {
+    let s = server();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("c");
+    let args = [
+        "--cache-dir",
+        cache_dir.to_str().unwrap(),
+        "--cache-min-free",
+        "0",
+    ];
+    let mut files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("src/m{i}.py"),
+                format!("x = {i}\n").repeat(i + 1).into_bytes(),
+            )
+        })
+        .collect();
+    // Two cache blocks and a bit.
+    files.push((
+        "big.bin".into(),
+        (0..9_000_000u32).map(|i| (i % 251) as u8).collect(),
+    ));
+    let m = mount(&s, "s3://bkt/ws", &args);
+    std::fs::create_dir(m.path().join("src")).unwrap();
+    for (k, v) in &files {
+        std::fs::write(m.path().join(k), v).unwrap();
+    }
+    // One file is rewritten after its first upload: only its last version may be read back.
+    std::fs::File::open(m.path().join("src/m0.py"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    std::fs::write(m.path().join("src/m0.py"), b"x = 'second'\n").unwrap();
+    files[0].1 = b"x = 'second'\n".to_vec();
+    unmount(&m);
+
+    let m = mount(&s, "s3://bkt/ws", &args);
+    let gets = s.backend().counters.get();
+    for (k, v) in &files {
+        assert!(std::fs::read(m.path().join(k)).unwrap() == *v, "{k}");
+    }
+    assert_eq!(
+        s.backend().counters.get(),
+        gets,
+        "every read came from the disk cache"
+    );
+    unmount(&m);
 }

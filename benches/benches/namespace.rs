@@ -116,6 +116,59 @@ fn list_build_bench(e: &Env, n: usize) {
     );
 }
 
+/// One flat directory of `n` objects, listed page by page and in key ranges, in the same run.
+fn flat_list_bench(e: &Env, n: usize, hashed: bool) {
+    let dir = if hashed {
+        "flat-hashed"
+    } else {
+        "flat-numbered"
+    };
+    for i in 0..n as u64 {
+        let name = if hashed {
+            // Uniform names, as content-addressed datasets have.
+            let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("{:016x}.jpg", z ^ (z >> 31))
+        } else {
+            format!("img_{i:08}.jpg")
+        };
+        e.server
+            .backend()
+            .put("bench", &format!("{dir}/{name}"), bytes::Bytes::new());
+    }
+    let source = e.source(&format!("s3://bench/{dir}"), Arc::new(Metrics::default()));
+    let mut secs = Vec::new();
+    for split_ranges in [false, true] {
+        let options = BuildOptions {
+            split_ranges,
+            ..BuildOptions::default()
+        };
+        let t = Instant::now();
+        let (h, entries) =
+            e.rt.block_on(manifest::build(
+                &source,
+                &options,
+                &BuildProgress::default(),
+            ))
+            .unwrap();
+        assert_eq!(entries.len(), n);
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "build of one flat directory of {n} {} names, {}: {s:.2} s, {} LIST requests",
+            if hashed { "hashed" } else { "numbered" },
+            if split_ranges {
+                "in key ranges, 16 requests in flight"
+            } else {
+                "page by page"
+            },
+            h.list_requests
+        );
+        secs.push(s);
+    }
+    println!("  key ranges: {:.1}x faster", secs[0] / secs[1]);
+}
+
 /// Mounts `url` in-process and runs `f` on the mount point.
 fn with_mount<T>(
     e: &Env,
@@ -369,16 +422,28 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     println!("pai-mount namespace benchmark; first-byte latency {latency_ms} ms");
-    manifest_bench(100_000);
-    if !quick {
-        manifest_bench(1_000_000);
+    // PAI_BENCH_ONLY=manifest,flat,build,mount picks parts.
+    if pai_mount_benches::enabled("manifest") {
+        manifest_bench(100_000);
+        if !quick {
+            manifest_bench(1_000_000);
+        }
     }
     let e = env(Duration::from_millis(latency_ms));
-    list_build_bench(&e, 100_000);
-    daemon_rss_bench(&e, if quick { 100_000 } else { 1_000_000 });
-    ls_bench(&e);
-    cold_read_bench(&e, 1);
-    cold_read_bench(&e, 8);
+    if pai_mount_benches::enabled("flat") {
+        let n = if quick { 100_000 } else { 1_000_000 };
+        flat_list_bench(&e, n, false);
+        flat_list_bench(&e, n, true);
+    }
+    if pai_mount_benches::enabled("build") {
+        list_build_bench(&e, 100_000);
+    }
+    if pai_mount_benches::enabled("mount") {
+        daemon_rss_bench(&e, if quick { 100_000 } else { 1_000_000 });
+        ls_bench(&e);
+        cold_read_bench(&e, 1);
+        cold_read_bench(&e, 8);
+    }
     println!(
         "peak RSS of the benchmark process (server, mount and data): {:.0} MiB",
         peak_rss() as f64 / (1 << 20) as f64

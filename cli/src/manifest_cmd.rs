@@ -39,6 +39,7 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<()> {
             let options = BuildOptions {
                 concurrency: list_concurrency,
                 attrs: attrs.into(),
+                ..BuildOptions::default()
             };
             let (header, size, place) = match &output {
                 Some(path) => {

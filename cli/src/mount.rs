@@ -442,6 +442,8 @@ fn start(
             }
         },
     ))?;
+    let readers = crate::store::prefetcher(&source, &a.cache, metrics.clone())?;
+    let disk_cache = readers.cache().cloned();
     let writable = !(a.write.read_only || fuse_options.read_only);
     let write = writable.then(|| {
         let dir = staging_dir(a, &source.source().display_root());
@@ -454,11 +456,10 @@ fn start(
             retry_delay: a.write.upload_retry_delay,
             early_upload: a.write.early_upload,
             keep_staged: a.write.keep_staged,
+            cache: disk_cache.clone(),
             ..WriteConfig::new(dir)
         }
     });
-    let readers = crate::store::prefetcher(&source, &a.cache, metrics.clone())?;
-    let disk_cache = readers.cache().cloned();
     let config = MountConfig {
         mountpoint: mp,
         fs: fs_config,
@@ -467,6 +468,7 @@ fn start(
         build: BuildOptions {
             concurrency: a.list_concurrency,
             attrs: a.attrs.into(),
+            ..BuildOptions::default()
         },
         refresh: a.refresh,
         manifest_interval: a.write.manifest_interval,

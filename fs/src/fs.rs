@@ -424,7 +424,9 @@ impl Fs {
         let info = snap.namespace.info(node).expect("resolved nodes exist");
         let mtime = UNIX_EPOCH + Duration::from_millis(info.mtime_ms.max(0) as u64);
         let nlink = match info.kind {
-            NodeKind::Dir => self.dir_nlink(&snap.namespace, node),
+            NodeKind::Dir => self.dir_nlink(Some((&snap.namespace, node)), || {
+                snap.namespace.key_of(node)
+            }),
             NodeKind::File | NodeKind::Symlink => 1,
         };
         let ino = snap.ino(node);
@@ -434,7 +436,7 @@ impl Fs {
             kind: info.kind,
             size: info.size,
             mtime,
-            atime: self.atime(ino).unwrap_or(mtime),
+            atime: self.atime(ino, attrs).unwrap_or(mtime),
             perm: self.perm_of(info.kind, attrs),
             nlink,
             uid: attrs.and_then(|a| a.uid).unwrap_or(self.config.uid),
@@ -457,20 +459,34 @@ impl Fs {
         }
     }
 
-    /// A directory's link count: 2 plus its subdirectories while the tree is the manifest's;
-    /// once this mount changed anything, 1, the usual "not counted" value, which tells tools
-    /// like `find` not to infer the number of subdirectories from it (an undercount would make
-    /// them skip some).
-    fn dir_nlink(&self, ns: &Namespace, node: u32) -> u32 {
-        if self.overlay.read().unwrap().is_empty() {
-            2 + ns.subdirs(node)
-        } else {
-            1
+    /// A directory's link count: 2 plus its subdirectories, through the overlay (directories
+    /// made, removed or replaced in this mount count as they are now). `base`: the directory's
+    /// snapshot node, if the snapshot has it; `path`: its path.
+    fn dir_nlink(&self, base: Option<(&Namespace, u32)>, path: impl FnOnce() -> String) -> u32 {
+        let ov = self.overlay.read().unwrap();
+        if ov.is_empty() {
+            return 2 + base.map_or(0, |(ns, node)| ns.subdirs(node));
         }
+        let path = path();
+        let path = path.as_str();
+        let base = base.filter(|_| !ov.hides_below(path));
+        let mut n = i64::from(base.map_or(0, |(ns, node)| ns.subdirs(node)));
+        for (name, e) in ov.children(path) {
+            let base_dir = base
+                .and_then(|(ns, node)| ns.lookup(node, name.as_bytes()))
+                .and_then(|kid| base.and_then(|(ns, _)| ns.info(kid)))
+                .is_some_and(|i| i.kind == NodeKind::Dir);
+            match (e, base_dir) {
+                (Entry::Dir { .. }, false) => n += 1,
+                (Entry::Whiteout | Entry::File(_), true) => n -= 1,
+                _ => {}
+            }
+        }
+        2 + n.max(0) as u32
     }
 
-    /// Records an access time set by `utimens`. Reads do not change it (as with `noatime`), and
-    /// it is kept in memory for the mount's life, not in the bucket.
+    /// Records an access time set by `utimens`. Reads do not change it (as with `noatime`).
+    /// `setattr` also stores it with the object (the `atime` metadata) and in the manifest.
     pub fn set_atime(&self, ino: InodeNo, t: SystemTime) {
         self.atimes.lock().unwrap().insert(ino, t);
         self.any_atime.store(true, Ordering::Relaxed);
@@ -503,6 +519,7 @@ impl Fs {
         base: Option<&crate::attrs::Attrs>,
     ) -> (crate::attrs::Attrs, Option<i64>) {
         let mut attrs = base.cloned().unwrap_or_default();
+        attrs.atime_ms = self.atime(ino, base).map(crate::attrs::ms_since_epoch);
         let Some(d) = self.dir_attrs.lock().unwrap().get(&ino).copied() else {
             return (attrs, None);
         };
@@ -529,11 +546,26 @@ impl Fs {
         attr
     }
 
-    fn atime(&self, ino: InodeNo) -> Option<SystemTime> {
-        if !self.any_atime.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.atimes.lock().unwrap().get(&ino).copied()
+    /// The access time `utimens` set: in this mount, else the one stored with the object
+    /// (`attrs`).
+    pub(crate) fn atime(
+        &self,
+        ino: InodeNo,
+        attrs: Option<&crate::attrs::Attrs>,
+    ) -> Option<SystemTime> {
+        let set_here = if self.any_atime.load(Ordering::Relaxed) {
+            self.atimes.lock().unwrap().get(&ino).copied()
+        } else {
+            None
+        };
+        set_here.or_else(|| {
+            let ms = attrs?.atime_ms?;
+            Some(if ms >= 0 {
+                UNIX_EPOCH + Duration::from_millis(ms as u64)
+            } else {
+                UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+            })
+        })
     }
 
     pub(crate) fn target_attr(&self, t: &Target) -> Attr {
@@ -552,7 +584,7 @@ impl Fs {
                     size: st.size,
                     mtime: UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64),
                     atime: self
-                        .atime(n.ino)
+                        .atime(n.ino, Some(&st.attrs))
                         .unwrap_or(UNIX_EPOCH + Duration::from_millis(st.mtime_ms.max(0) as u64)),
                     perm: self.perm_of(kind, Some(&st.attrs)),
                     nlink: 1,
@@ -566,11 +598,14 @@ impl Fs {
                 size: 0,
                 mtime: UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64),
                 atime: self
-                    .atime(*ino)
+                    .atime(*ino, None)
                     .unwrap_or(UNIX_EPOCH + Duration::from_millis((*mtime_ms).max(0) as u64)),
                 perm: self.config.dir_mode,
-                // Made in this mount: its subdirectories are not counted.
-                nlink: 1,
+                // Its children are the overlay's alone (as `list_dir` lists them).
+                nlink: self.dir_nlink(None, || {
+                    let ov = self.overlay.read().unwrap();
+                    ov.path_of(*ino).unwrap_or_default().to_string()
+                }),
                 uid: self.config.uid,
                 gid: self.config.gid,
             }),

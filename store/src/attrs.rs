@@ -9,6 +9,7 @@
 //! | `mode` | the full `st_mode` in decimal: file type and permission bits (`33261` = `0o100755`) |
 //! | `uid`, `gid` | decimal ids |
 //! | `mtime` | seconds since the epoch, optionally with a fraction (`1700000000.123`) |
+//! | `atime` | the same, written only once `utimens` set an access time (reads never change it) |
 //!
 //! A symlink is an object whose mode has the type `S_IFLNK` and whose body is the link's
 //! target, as s3fs stores it. A directory's attributes live on its marker object `dir/`.
@@ -34,6 +35,7 @@ pub const MODE: &str = "mode";
 pub const UID: &str = "uid";
 pub const GID: &str = "gid";
 pub const MTIME: &str = "mtime";
+pub const ATIME: &str = "atime";
 
 /// Attributes beyond size and mtime. Every field is optional: what is absent takes the
 /// mount's default.
@@ -49,11 +51,18 @@ pub struct Attrs {
     /// A symlink's target (only when `mode` says symlink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Box<[u8]>>,
+    /// The access time `utimens` set, in ms since the epoch (absent: the mtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime_ms: Option<i64>,
 }
 
 impl Attrs {
     pub fn is_empty(&self) -> bool {
-        self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.target.is_none()
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.target.is_none()
+            && self.atime_ms.is_none()
     }
 
     /// A symlink to `target`, owned by `uid`:`gid`.
@@ -63,6 +72,7 @@ impl Attrs {
             uid: Some(uid),
             gid: Some(gid),
             target: Some(target.into()),
+            atime_ms: None,
         }
     }
 
@@ -96,10 +106,13 @@ impl Attrs {
         if let Some(ms) = mtime_ms {
             out.push((MTIME, format_mtime(ms)));
         }
+        if let Some(ms) = self.atime_ms {
+            out.push((ATIME, format_mtime(ms)));
+        }
         out
     }
 
-    /// Reads the attributes and the mtime from user metadata (`get` looks a name up).
+    /// Reads the attributes (the access time among them) and the mtime from user metadata (`get` looks a name up).
     /// Values that do not parse are ignored, as s3fs does.
     pub fn from_metadata<'a>(get: impl Fn(&str) -> Option<&'a str>) -> (Self, Option<i64>) {
         let num = |name| get(name).and_then(|v: &str| v.trim().parse::<u32>().ok());
@@ -112,8 +125,17 @@ impl Attrs {
             uid: num(UID),
             gid: num(GID),
             target: None,
+            atime_ms: get(ATIME).and_then(parse_mtime),
         };
         (attrs, get(MTIME).and_then(parse_mtime))
+    }
+}
+
+/// A time as ms since the epoch (negative before it).
+pub fn ms_since_epoch(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
     }
 }
 
@@ -151,10 +173,12 @@ mod tests {
             uid: Some(1000),
             gid: Some(100),
             target: None,
+            atime_ms: Some(1_600_000_000_500),
         };
         let meta = a.to_metadata(Some(1_700_000_000_123));
         let get = |n: &str| meta.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
         assert_eq!(get(MODE), Some("33261"));
+        assert_eq!(get(ATIME), Some("1600000000.500"));
         assert_eq!(Attrs::from_metadata(get), (a, Some(1_700_000_000_123)));
         // s3fs: whole seconds; bare permission bits; junk ignored.
         let s3fs = [("mode", "420"), ("uid", "x"), ("mtime", "1700000000")];

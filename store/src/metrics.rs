@@ -198,6 +198,9 @@ metrics! {
     patch_uploads: Counter = "write.patch_uploads",
     /// Bytes those uploads copied on the server instead of sending.
     copied_bytes: Counter = "write.copied_bytes",
+    /// Bytes of uploaded files offered to the disk cache (which may decline them when its disk
+    /// is full), so that later reads, in this mount or the next, need no request.
+    cached_bytes: Counter = "write.cached_bytes",
     /// Bytes written through the daemon (writes through passthrough handles are not seen).
     write_bytes: Counter = "fs.write_bytes",
     /// Handles the kernel served straight from a staging file (FUSE passthrough).

@@ -294,3 +294,74 @@ async fn patch_uploads_copy_unchanged_ranges_on_the_server_and_send_the_rest() {
         assert!(s.backend().get("bkt", "p/log").unwrap().data[..] == want[..]);
     }
 }
+
+/// A large flat directory listed in key ranges gives exactly what a page-by-page listing
+/// gives, whatever the names look like, with subdirectories between its files.
+#[tokio::test]
+async fn key_range_listing_matches_a_page_by_page_listing() {
+    use pai_store::manifest::{build, BuildOptions, BuildProgress};
+    let server = TestServer::start(ServerConfig::default()).await.unwrap();
+    server.backend().create_bucket("bkt");
+    let mut rng = 7u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..4_500u64 {
+        // Numbered names, random names, names that only differ far to the right, and bytes
+        // past ASCII.
+        let name = match i % 4 {
+            0 => format!("img_{i:08}.jpg"),
+            1 => format!("{:016x}", next()),
+            2 => format!("same-long-prefix-{}-{i:05}", "x".repeat(40)),
+            _ => format!("é{:04}", next() % 10_000),
+        };
+        server
+            .backend()
+            .put("bkt", &format!("flat/{name}"), vec![1]);
+    }
+    for d in ["a", "m", "img_00000500.jpg.d", "zz"] {
+        for j in 0..3 {
+            server
+                .backend()
+                .put("bkt", &format!("flat/{d}/f{j}"), vec![2]);
+        }
+    }
+    let s = connect(&server, "s3://bkt/flat", true).await;
+    let run = |split_ranges: bool, concurrency: usize| {
+        let s = s.clone();
+        async move {
+            let options = BuildOptions {
+                split_ranges,
+                concurrency,
+                ..BuildOptions::default()
+            };
+            build(&s, &options, &BuildProgress::default())
+                .await
+                .unwrap()
+        }
+    };
+    let (seq_header, seq) = run(false, 16).await;
+    assert!(seq_header.list_requests >= 5, "several pages");
+    for concurrency in [2, 16] {
+        let (header, ranged) = run(true, concurrency).await;
+        let have: std::collections::HashSet<_> = ranged.iter().map(|e| e.key.clone()).collect();
+        let missing: Vec<_> = seq
+            .iter()
+            .filter(|e| !have.contains(&e.key))
+            .map(|e| String::from_utf8_lossy(&e.key).to_string())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{concurrency}: {} missing, first {:?}, last {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            missing.last()
+        );
+        assert_eq!(ranged.len(), seq.len());
+        assert!(ranged == seq, "the same entries, in the same order");
+        assert_eq!(header.total_bytes, seq_header.total_bytes);
+    }
+}

@@ -113,22 +113,37 @@ impl Overlay {
                 .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
 
-    /// The direct children of `dir` in the overlay, in name order.
+    /// The direct children of `dir` in the overlay, in name order. Entries deeper down are
+    /// skipped a subtree at a time (one range lookup per child with entries below it), so the
+    /// cost follows the number of children, not the size of the tree below.
     pub fn children<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        use std::ops::Bound;
         let prefix = if dir.is_empty() {
             String::new()
         } else {
             format!("{dir}/")
         };
-        let start = prefix.clone();
         let skip = prefix_len(dir);
-        self.entries
-            .range(start..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .filter_map(move |(k, e)| {
-                let rest = &k[skip..];
-                (!rest.contains('/')).then_some((rest, e))
-            })
+        let mut from: Bound<String> = Bound::Included(prefix.clone());
+        std::iter::from_fn(move || loop {
+            let (k, e) = self
+                .entries
+                .range::<String, _>((from.clone(), Bound::Unbounded))
+                .next()?;
+            if !k.starts_with(&prefix) {
+                return None;
+            }
+            let rest = &k[skip..];
+            match rest.find('/') {
+                None => {
+                    from = Bound::Excluded(k.clone());
+                    return Some((rest, e));
+                }
+                // Below the child `rest[..i]`: everything under it sorts before `child0`
+                // ('0' follows '/'), and siblings that sort between were already seen.
+                Some(i) => from = Bound::Included(format!("{}{}0", prefix, &rest[..i])),
+            }
+        })
     }
 
     /// Every entry strictly below `dir`, with its path.

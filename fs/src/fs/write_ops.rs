@@ -7,13 +7,13 @@
 //! delete per object (docs/SEMANTICS.md).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
 use super::overlay::{self, Entry};
 use super::{base_lookup_path, now_ms, Access, Attr, Fs, OpenFile, Target, ROOT_INO};
-use crate::attrs::{Attrs, PERM_BITS, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::attrs::{ms_since_epoch, Attrs, PERM_BITS, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::error::FsError;
 use crate::ids::{Fh, InodeNo};
 use crate::manifest::{self, Etag};
@@ -63,7 +63,7 @@ impl Owner {
                 .map(|p| kind | p),
             uid: self.uid.filter(|&u| u != config.uid),
             gid: self.gid.filter(|&g| g != config.gid),
-            target: None,
+            ..Default::default()
         }
     }
 }
@@ -108,13 +108,6 @@ fn is_dir(t: &Target) -> bool {
         Target::Base { snap, node } => {
             snap.namespace.info(*node).map(|i| i.kind) == Some(NodeKind::Dir)
         }
-    }
-}
-
-fn ms_of(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
     }
 }
 
@@ -325,17 +318,24 @@ impl Fs {
     /// and symlinks").
     pub async fn setattr(&self, ino: InodeNo, a: SetAttr) -> Result<Attr, FsError> {
         let (target, path) = self.resolve_path(ino)?;
+        let current = self.target_attr(&target);
+        // Stored with the object when the mount can write; otherwise kept in memory only.
+        let atime_changes = a.atime.is_some_and(|t| t != current.atime) && self.wb().is_ok();
         if let Some(t) = a.atime {
             self.set_atime(ino, t);
         }
-        let current = self.target_attr(&target);
         let perm_changes = a
             .mode
             .is_some_and(|m| (m & PERM_BITS) as u16 != current.perm);
         let owner_changes =
             a.uid.is_some_and(|u| u != current.uid) || a.gid.is_some_and(|g| g != current.gid);
-        if a.size.is_none() && a.mtime.is_none() && !perm_changes && !owner_changes {
-            return Ok(current);
+        if a.size.is_none()
+            && a.mtime.is_none()
+            && !perm_changes
+            && !owner_changes
+            && !atime_changes
+        {
+            return Ok(self.target_attr(&target));
         }
         if is_dir(&target) {
             if a.size.is_some() {
@@ -344,15 +344,20 @@ impl Fs {
             // Kept in memory, on the directory's marker object, and in the saved manifest.
             self.set_dir_attrs(ino, &a);
             let attr = self.target_attr(&target);
+            let base_attrs = match &target {
+                Target::Base { snap, node } => snap.namespace.attrs(*node).cloned(),
+                _ => None,
+            };
             if let (Ok(wb), false) = (self.wb(), path.is_empty()) {
                 wb.mark_dirty()?;
                 let meta = crate::object::UploadMeta {
-                    mtime_ms: Some(ms_of(attr.mtime)),
+                    mtime_ms: Some(ms_since_epoch(attr.mtime)),
                     attrs: Attrs {
                         mode: Some(S_IFDIR | u32::from(attr.perm)),
                         uid: Some(attr.uid).filter(|&u| u != self.config.uid),
                         gid: Some(attr.gid).filter(|&g| g != self.config.gid),
                         target: None,
+                        atime_ms: self.atime(ino, base_attrs.as_ref()).map(ms_since_epoch),
                     },
                 };
                 wb.source().marker_with_meta(&path, &meta).await?;
@@ -368,10 +373,11 @@ impl Fs {
                 self.flush_node(&node).await?;
             }
         }
-        if a.mtime.is_some() || perm_changes || owner_changes {
+        if a.mtime.is_some() || perm_changes || owner_changes || atime_changes {
             wb.mark_dirty()?;
             let change = MetaChange {
-                mtime_ms: a.mtime.map(ms_of),
+                mtime_ms: a.mtime.map(ms_since_epoch),
+                atime_ms: a.atime.filter(|_| atime_changes).map(ms_since_epoch),
                 perm: a.mode.filter(|_| perm_changes),
                 uid: a.uid.filter(|_| owner_changes),
                 gid: a.gid.filter(|_| owner_changes),

@@ -15,6 +15,7 @@ use crate::object::UploadMeta;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetaChange {
     pub mtime_ms: Option<i64>,
+    pub atime_ms: Option<i64>,
     /// Permission bits (the file type is kept).
     pub perm: Option<u32>,
     pub uid: Option<u32>,
@@ -151,6 +152,7 @@ impl WriteBack {
         if let Some(t) = c.mtime_ms {
             st.mtime_ms = t;
         }
+        st.attrs.atime_ms = c.atime_ms.or(st.attrs.atime_ms);
         if let Some(m) = c.perm {
             st.attrs.set_perm(m, S_IFREG);
         }

@@ -78,6 +78,9 @@ const WRITEBACK_CHUNK: u64 = 8 << 20;
 pub const DEFAULT_KEEP_STAGED: u64 = 2 << 30;
 /// Parts of one file in flight while it is still being written (`early_upload`).
 const EARLY_PARTS: usize = 2;
+/// Uploaded files up to this size are copied into the disk cache, when the mount has one.
+/// Larger ones (checkpoints) would push out the dataset blocks the cache is for.
+pub const CACHE_WRITTEN_MAX: u64 = 16 << 20;
 
 /// How write-back behaves.
 #[derive(Debug, Clone)]
@@ -103,6 +106,9 @@ pub struct WriteConfig {
     /// Bytes of staging files kept after their upload as local copies of the objects, so a
     /// reopen to append needs no download (0: drop them at once).
     pub keep_staged: u64,
+    /// The mount's disk cache: files up to [`CACHE_WRITTEN_MAX`] go into it once uploaded,
+    /// under their new ETag, so reads after a remount are local.
+    pub cache: Option<Arc<crate::cache::DiskCache>>,
 }
 
 impl WriteConfig {
@@ -118,6 +124,7 @@ impl WriteConfig {
             rename_dir_limit: 10_000,
             early_upload: false,
             keep_staged: DEFAULT_KEEP_STAGED,
+            cache: None,
         }
     }
 }

@@ -297,6 +297,49 @@ async fn partial_overwrites_truncates_and_appends_of_existing_objects() {
 }
 
 #[tokio::test]
+async fn directory_link_counts_follow_mkdir_rmdir_and_rename() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rig = setup(
+        &[
+            ("a/x", b"1".to_vec()),
+            ("a/b/y", b"2".to_vec()),
+            ("f", b"3".to_vec()),
+        ],
+        tmp.path(),
+    )
+    .await;
+    let nlink = |path: &str| rig.fs.getattr(rig.ino(path).unwrap()).unwrap().nlink;
+    assert_eq!((nlink(""), nlink("a"), nlink("a/b")), (3, 3, 2));
+    let a = rig.ino("a").unwrap();
+    rig.fs.mkdir(a, b"n").await.unwrap();
+    rig.fs.mkdir(ROOT_INO, b"m").await.unwrap();
+    assert_eq!(
+        (nlink(""), nlink("a"), nlink("a/n"), nlink("m")),
+        (4, 4, 2, 2)
+    );
+    rig.fs.mkdir(rig.ino("m").unwrap(), b"k").await.unwrap();
+    assert_eq!(nlink("m"), 3, "a directory made here counts its own");
+    // Files deep below do not count, nor does a file made beside the directories.
+    let (_, fh) = rig
+        .fs
+        .create(rig.ino("a/n").unwrap(), b"deep")
+        .await
+        .unwrap();
+    rig.close(fh).await;
+    rig.write_file("a/z", b"z").await;
+    assert_eq!(nlink("a"), 4);
+    rig.fs.rmdir(a, b"n").await.unwrap_err(); // not empty
+    rig.fs
+        .unlink(rig.ino("a/n").unwrap(), b"deep")
+        .await
+        .unwrap();
+    rig.fs.rmdir(a, b"n").await.unwrap();
+    assert_eq!(nlink("a"), 3);
+    rig.fs.rename(a, b"b", ROOT_INO, b"c", false).await.unwrap();
+    assert_eq!((nlink(""), nlink("a"), nlink("c")), (5, 2, 2));
+}
+
+#[tokio::test]
 async fn unlink_rename_mkdir_rmdir() {
     let tmp = tempfile::tempdir().unwrap();
     let rig = setup(
@@ -925,6 +968,7 @@ async fn run_model(ops: Vec<Op>) {
                 let when = UNIX_EPOCH + Duration::from_secs(u64::from(secs));
                 let change = SetAttr {
                     mtime: Some(when),
+                    atime: Some(UNIX_EPOCH + Duration::from_secs(u64::from(secs / 2))),
                     ..Default::default()
                 };
                 let a = rig.fs.setattr(ino, change).await.unwrap();
@@ -1118,6 +1162,11 @@ async fn run_model(ops: Vec<Op>) {
                 UNIX_EPOCH + Duration::from_secs(u64::from(t)),
                 "{name}"
             );
+            assert_eq!(
+                a.atime,
+                UNIX_EPOCH + Duration::from_secs(u64::from(t / 2)),
+                "{name}"
+            );
         }
     }
     let s = rig.wb().drain(|_| {}).await;
@@ -1150,6 +1199,7 @@ async fn run_model(ops: Vec<Op>) {
         }
         if let Some(&t) = mtimes.get(name) {
             assert_eq!(head.mtime_ms, Some(i64::from(t) * 1000), "{name}");
+            assert_eq!(head.attrs.atime_ms, Some(i64::from(t / 2) * 1000), "{name}");
         }
     }
 }

@@ -303,6 +303,11 @@ impl WriteBack {
             }
         };
         Metrics::add(&self.metrics.namespace_changes, 1);
+        if let (Some(cache), Some(e)) = (&self.config.cache, &etag) {
+            if size <= super::CACHE_WRITTEN_MAX {
+                self.copy_to_cache(cache, node, v, e).await;
+            }
+        }
         // The record stays while a newer acknowledged version waits for its upload (checked
         // under the journal lock: a close that journals a newer version waits for this).
         {
@@ -343,6 +348,51 @@ impl WriteBack {
         }
         node.changed.notify_waiters();
         Ok(true)
+    }
+}
+
+impl WriteBack {
+    /// Copies version `v` of a file just uploaded as the object with ETag `etag` into the disk
+    /// cache, block by block, as a reader would have fetched it. A block goes in only if the
+    /// file is still at that version after the block was read: writers bump the version before
+    /// they touch the staging file, so the bytes cached are always the object's. Best effort:
+    /// an error or a change stops the copy.
+    async fn copy_to_cache(
+        &self,
+        cache: &crate::cache::DiskCache,
+        node: &FileNode,
+        v: &Version,
+        etag: &str,
+    ) {
+        use crate::cache::{BlockId, BLOCK_SIZE};
+        let Some(etag) = crate::manifest::Etag::parse(Some(etag)).to_header() else {
+            return;
+        };
+        let root: Arc<str> = self.source.source().display_root().into();
+        let key: Arc<str> = v.key.as_str().into();
+        let etag: Arc<str> = etag.into();
+        for index in 0..v.size.div_ceil(BLOCK_SIZE) {
+            let range = index * BLOCK_SIZE..v.size.min((index + 1) * BLOCK_SIZE);
+            let len = range.end - range.start;
+            let Ok(bytes) = read_part(&v.staged, range).await else {
+                return;
+            };
+            {
+                let mut st = node.state();
+                st.take_in_writes();
+                if st.version != v.version || st.unlinked {
+                    return;
+                }
+            }
+            let id = BlockId {
+                root: root.clone(),
+                key: key.clone(),
+                etag: etag.clone(),
+                index,
+            };
+            cache.put(&id, bytes).await;
+            Metrics::add(&self.metrics.cached_bytes, len);
+        }
     }
 }
 

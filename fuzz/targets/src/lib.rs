@@ -121,6 +121,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
                 uid: Some(1000),
                 gid: None,
                 target: None,
+                atime_ms: Some(1_600_000_000_000),
             },
         },
         Entry {

@@ -1,9 +1,9 @@
 //! Building a manifest by listing a prefix once.
 //!
-//! The listing walks the tree breadth-first with delimited ListObjectsV2 requests: each page's
-//! common prefixes become new listings, so up to `concurrency` directories are listed at once.
-//! Only compact [`Entry`] values are kept; pages are dropped as soon as they are folded in.
-//! A single flat directory is listed page by page (continuation tokens are sequential).
+//! The listing (`listing`) walks the tree breadth-first with delimited ListObjectsV2 requests,
+//! up to `concurrency` at once: every directory at once, and large directories in several key
+//! ranges at once. Only compact [`Entry`] values are kept; pages are dropped as soon as they
+//! are folded in.
 //!
 //! ## Attributes
 //! A listing carries no user metadata, so modes, owners and symlinks ([`crate::attrs`]) come
@@ -13,14 +13,12 @@
 //! 2. a HEAD of each object it does not cover, per [`AttrScan`] (and a GET of each symlink's
 //!    target). Directory markers are not HEADed: their attributes come from the manifest.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use tokio::task::JoinSet;
 
-use super::{tree_cmp, Entry, Etag, Header, RESERVED_DIR};
-use crate::object::{ListPage, ObjectSource, SourceError};
+use super::{tree_cmp, Entry, Header};
+use crate::object::{ObjectSource, SourceError};
 
 /// Listings in flight by default. ListObjectsV2 pages cost 50-300 ms on OSS; 16 in flight keep
 /// a bucket with many directories listing at thousands of keys per second without throttling.
@@ -49,8 +47,12 @@ const SCAN_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
+    /// Listing requests in flight.
     pub concurrency: usize,
     pub attrs: AttrScan,
+    /// List large directories in several key ranges at once (see `listing`); off, a
+    /// directory is listed page by page.
+    pub split_ranges: bool,
 }
 
 /// The default reads no attributes: `cp`, `warm` and the loader read bytes only. The mount
@@ -60,6 +62,7 @@ impl Default for BuildOptions {
         Self {
             concurrency: DEFAULT_LIST_CONCURRENCY,
             attrs: AttrScan::Off,
+            split_ranges: true,
         }
     }
 }
@@ -90,59 +93,11 @@ async fn build_knowing(
     progress: &BuildProgress,
     stored: Option<Option<Vec<Entry>>>,
 ) -> Result<(Header, Vec<Entry>), SourceError> {
-    let root = source.source().prefix.as_bytes().to_vec();
-    let mut queue: VecDeque<(Vec<u8>, Option<String>)> = VecDeque::from([(root.clone(), None)]);
-    let mut tasks: JoinSet<Result<(Vec<u8>, ListPage), SourceError>> = JoinSet::new();
-    let mut entries = Vec::new();
-    let mut total_bytes = 0u64;
-    let mut requests = 0u64;
-    let reserved = format!("{RESERVED_DIR}/").into_bytes();
-    loop {
-        while tasks.len() < options.concurrency.max(1) {
-            let Some((prefix, token)) = queue.pop_front() else {
-                break;
-            };
-            let s = source.clone();
-            tasks.spawn(async move {
-                let page = s.list_page(&prefix, true, token).await?;
-                Ok((prefix, page))
-            });
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        let (prefix, page) = done.map_err(|e| SourceError::Other {
-            what: "listing".into(),
-            why: e.to_string(),
-        })??;
-        requests += 1;
-        progress.requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(next) = page.next {
-            queue.push_back((prefix, Some(next)));
-        }
-        for p in page.prefixes {
-            if p.len() > root.len() && p.starts_with(&root) && p[root.len()..] != reserved[..] {
-                queue.push_back((p, None));
-            }
-        }
-        for o in page.objects {
-            let Some(rel) = o.key.strip_prefix(root.as_slice()) else {
-                continue;
-            };
-            if rel.is_empty() || rel.starts_with(&reserved) {
-                continue;
-            }
-            total_bytes += o.size;
-            progress.objects.fetch_add(1, Ordering::Relaxed);
-            entries.push(Entry {
-                key: rel.into(),
-                size: o.size,
-                mtime_ms: o.mtime_ms,
-                etag: Etag::parse(o.etag.as_deref()),
-                attrs: Default::default(),
-            });
-        }
-    }
+    let super::listing::Listed {
+        mut entries,
+        total_bytes,
+        requests,
+    } = super::listing::list(source, options, progress).await?;
     entries.sort_unstable_by(|a, b| tree_cmp(&a.key, &b.key));
     entries.dedup_by(|a, b| a.key == b.key);
     if options.attrs != AttrScan::Off {

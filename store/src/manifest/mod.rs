@@ -19,7 +19,8 @@
 //!                               3 other (varint len + bytes, quotes stripped)
 //!             (version 2 only)  u8 attribute flags, then each attribute flagged, in this order:
 //!                               1 mode (varint st_mode), 2 uid (varint), 4 gid (varint),
-//!                               8 symlink target (varint len + bytes)
+//!                               8 symlink target (varint len + bytes),
+//!                               16 atime (zigzag varint, ms since the epoch)
 //! crc32     u32      CRC-32 (IEEE) of every byte before it
 //! trailer   8 bytes  "PAIMNEND"
 //! ```
@@ -33,6 +34,7 @@
 //! file and out-of-order entries with a [`ManifestError`] that says which.
 
 mod build;
+mod listing;
 
 use std::cmp::Ordering;
 
@@ -58,6 +60,7 @@ const ATTR_MODE: u8 = 1;
 const ATTR_UID: u8 = 2;
 const ATTR_GID: u8 = 4;
 const ATTR_TARGET: u8 = 8;
+const ATTR_ATIME: u8 = 16;
 
 /// An object's ETag, stored compactly when it is the usual MD5 form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -251,7 +254,8 @@ fn put_attrs(out: &mut Vec<u8>, a: &Attrs) {
     let flags = flag(a.mode.is_some(), ATTR_MODE)
         | flag(a.uid.is_some(), ATTR_UID)
         | flag(a.gid.is_some(), ATTR_GID)
-        | flag(target.is_some(), ATTR_TARGET);
+        | flag(target.is_some(), ATTR_TARGET)
+        | flag(a.atime_ms.is_some(), ATTR_ATIME);
     out.push(flags);
     for v in [a.mode, a.uid, a.gid].into_iter().flatten() {
         put_varint(out, u64::from(v));
@@ -259,6 +263,9 @@ fn put_attrs(out: &mut Vec<u8>, a: &Attrs) {
     if let Some(t) = target {
         put_varint(out, t.len() as u64);
         out.extend_from_slice(t);
+    }
+    if let Some(ms) = a.atime_ms {
+        put_varint(out, zigzag(ms));
     }
 }
 
@@ -397,7 +404,7 @@ impl<'a> Manifest<'a> {
             if with_attrs {
                 let flags = *body.get(pos).ok_or_else(|| bad("truncated attributes"))?;
                 pos += 1;
-                if flags & !(ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_TARGET) != 0 {
+                if flags & !(ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_TARGET | ATTR_ATIME) != 0 {
                     return Err(bad("unknown attribute flags"));
                 }
                 let small = |flag: u8, pos: &mut usize| -> Result<Option<u32>, ManifestError> {
@@ -422,6 +429,9 @@ impl<'a> Manifest<'a> {
                         .ok_or_else(|| bad("truncated symlink target"))?;
                     pos += len;
                     attrs.target = Some(t.into());
+                }
+                if flags & ATTR_ATIME != 0 {
+                    attrs.atime_ms = Some(unzigzag(varint(&mut pos)?));
                 }
                 if attrs.target.is_some() != attrs.is_symlink() {
                     return Err(bad(

@@ -120,6 +120,7 @@ fn attributes_make_a_version_2_manifest_and_plain_ones_stay_version_1() {
         uid: Some(0),
         gid: None,
         target: None,
+        atime_ms: Some(-1_500),
     };
     rich[3].attrs = Attrs::symlink(b"lib", 0, 0);
     rich.sort_by(|a, b| tree_cmp(&a.key, &b.key));
@@ -145,19 +146,22 @@ fn arb_attrs() -> impl Strategy<Value = Attrs> {
         (
             proptest::option::of(0u32..0o7777),
             proptest::option::of(any::<u32>()),
-            proptest::option::of(any::<u32>())
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<i64>())
         )
-            .prop_map(|(perm, uid, gid)| Attrs {
+            .prop_map(|(perm, uid, gid, atime_ms)| Attrs {
                 mode: perm.map(|p| S_IFREG | p),
                 uid,
                 gid,
                 target: None,
+                atime_ms,
             }),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(|t| Attrs {
             mode: Some(S_IFLNK | 0o777),
             uid: None,
             gid: Some(5),
             target: Some(t.into()),
+            atime_ms: None,
         }),
     ]
 }

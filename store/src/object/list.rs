@@ -50,6 +50,23 @@ pub trait Lister: std::fmt::Debug + Send + Sync {
         token: Option<String>,
     ) -> Result<ListPage, SourceError>;
 
+    /// The first page of the keys after `after` (exclusive), as ListObjectsV2's `start-after`
+    /// gives it; later pages follow with the page's token as usual. The default lists from the
+    /// start and drops what is not after `after`: correct, not faster.
+    async fn list_after(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        after: &[u8],
+    ) -> Result<ListPage, SourceError> {
+        let mut page = self.list(prefix, delimited, None).await?;
+        page.objects.retain(|o| o.key.as_slice() > after);
+        // A common prefix may still hold keys after `after` if it sorts after it or contains it.
+        page.prefixes
+            .retain(|p| p.as_slice() > after || after.starts_with(p));
+        Ok(page)
+    }
+
     /// Checks that the bucket answers: one listing of at most one key.
     async fn probe(&self, prefix: &[u8]) -> Result<(), SourceError> {
         self.list(prefix, true, None).await.map(|_| ())
@@ -301,6 +318,7 @@ impl S3Lister {
         prefix: &[u8],
         delimited: bool,
         token: Option<&str>,
+        start_after: Option<&[u8]>,
         max_keys: usize,
     ) -> Result<ListPage, SourceError> {
         let what = || format!("bucket {} at {}", self.config.bucket, self.config.endpoint);
@@ -315,6 +333,9 @@ impl S3Lister {
         query.push_str("encoding-type=url&list-type=2");
         query.push_str(&format!("&max-keys={max_keys}"));
         query.push_str(&format!("&prefix={}", enc(prefix)));
+        if let Some(a) = start_after {
+            query.push_str(&format!("&start-after={}", enc(a)));
+        }
         let url = format!("{}/?{query}", self.config.endpoint.trim_end_matches('/'));
         let (status, body) = self.send(http::Method::GET, &url, &what).await?;
         if !status.is_success() {
@@ -502,12 +523,22 @@ impl Lister for S3Lister {
         delimited: bool,
         token: Option<String>,
     ) -> Result<ListPage, SourceError> {
-        self.request(prefix, delimited, token.as_deref(), PAGE_SIZE)
+        self.request(prefix, delimited, token.as_deref(), None, PAGE_SIZE)
+            .await
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        after: &[u8],
+    ) -> Result<ListPage, SourceError> {
+        self.request(prefix, delimited, None, Some(after), PAGE_SIZE)
             .await
     }
 
     async fn probe(&self, prefix: &[u8]) -> Result<(), SourceError> {
-        self.request(prefix, true, None, 1).await.map(|_| ())
+        self.request(prefix, true, None, None, 1).await.map(|_| ())
     }
 
     async fn marker(&self, key: &[u8], create: bool) -> Result<(), SourceError> {

@@ -31,7 +31,7 @@ use object_store::{
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
 };
 
-pub use list::{ListPage, Lister, RawObject};
+pub use list::{ListPage, Lister, RawObject, PAGE_SIZE};
 pub use source::{Source, SourceKind, StoreOptions, MAX_RETRIES, RETRY_TIMEOUT};
 pub use transport::Deadlines;
 
@@ -767,6 +767,18 @@ impl ObjectSource {
     ) -> Result<ListPage, SourceError> {
         Metrics::add(&self.metrics.list_requests, 1);
         self.lister.list(prefix, delimited, token).await
+    }
+
+    /// The first page of the keys under `prefix` after `after` (exclusive): a listing that
+    /// starts in the middle of a prefix, for listing one prefix in several ranges at once.
+    pub async fn list_page_after(
+        &self,
+        prefix: &[u8],
+        delimited: bool,
+        after: &[u8],
+    ) -> Result<ListPage, SourceError> {
+        Metrics::add(&self.metrics.list_requests, 1);
+        self.lister.list_after(prefix, delimited, after).await
     }
 
     /// Creates or deletes the directory marker of `rel_dir` (a key relative to the prefix,
