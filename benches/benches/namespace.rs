@@ -176,9 +176,21 @@ fn with_mount<T>(
     metrics: Arc<Metrics>,
     f: impl FnOnce(&std::path::Path) -> T,
 ) -> T {
+    with_mount_opts(e, url, metrics, false, f)
+}
+
+/// [`with_mount`], with the kernel's readdirplus in "auto" mode or not.
+fn with_mount_opts<T>(
+    e: &Env,
+    url: &str,
+    metrics: Arc<Metrics>,
+    readdirplus_auto: bool,
+    f: impl FnOnce(&std::path::Path) -> T,
+) -> T {
     let source = e.source(url, metrics.clone());
     let dir = tempfile::tempdir().unwrap();
-    let config = MountConfig::new(dir.path().to_path_buf());
+    let mut config = MountConfig::new(dir.path().to_path_buf());
+    config.fuse.readdirplus_auto = readdirplus_auto;
     let readers = Arc::new(Prefetcher::new(
         source.clone(),
         None,
@@ -223,49 +235,92 @@ fn ls_bench(e: &Env) {
         &BuildProgress::default(),
     ))
     .unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let (cold, warm, stat, long, requests) =
-        with_mount(e, "s3://bench/flat", metrics.clone(), |mp| {
-            let d = mp.join("dir");
-            let d = d.to_str().unwrap();
-            let before = e.server.backend().counters.list()
-                + e.server.backend().counters.head()
-                + e.server.backend().counters.get();
-            let cold = time_cmd(&["ls", "-f", d]);
-            let warm = time_cmd(&["ls", "-f", d]);
-            let t = Instant::now();
-            for entry in std::fs::read_dir(d).unwrap() {
-                std::fs::metadata(entry.unwrap().path()).unwrap();
-            }
-            let stat = t.elapsed();
-            let after = e.server.backend().counters.list()
-                + e.server.backend().counters.head()
-                + e.server.backend().counters.get();
-            (cold, warm, stat, Duration::ZERO, after - before)
-        });
-    // `ls -l` on a fresh mount: listing and stat interleaved, served by readdirplus.
-    let long = with_mount(e, "s3://bench/flat", Arc::new(Metrics::default()), |mp| {
-        time_cmd(&["ls", "-l", mp.join("dir").to_str().unwrap()])
-    })
-    .max(long);
+    let stat_all = |d: &str| {
+        let t = Instant::now();
+        for entry in std::fs::read_dir(d).unwrap() {
+            std::fs::metadata(entry.unwrap().path()).unwrap();
+        }
+        t.elapsed()
+    };
     let local_ls = time_cmd(&["ls", "-f", local.path().to_str().unwrap()]);
     let local_long = time_cmd(&["ls", "-l", local.path().to_str().unwrap()]);
-    println!(
-        "ls -f of {n} entries: mount cold {:.1} ms, warm {:.1} ms; local dir {:.1} ms (ratio cold/local {:.2})",
-        cold.as_secs_f64() * 1e3,
-        warm.as_secs_f64() * 1e3,
-        local_ls.as_secs_f64() * 1e3,
-        cold.as_secs_f64() / local_ls.as_secs_f64()
-    );
-    println!(
-        "stat of all {n} entries after ls -f: {:.1} ms; requests to the server while listing and stat'ing: {requests}",
-        stat.as_secs_f64() * 1e3,
-    );
-    println!(
-        "ls -l of {n} entries on a fresh mount: {:.1} ms; local dir {:.1} ms",
-        long.as_secs_f64() * 1e3,
-        local_long.as_secs_f64() * 1e3
-    );
+    // `os.listdir`, then `os.stat` of each name: the whole listing first.
+    let listdir_then_stat = |d: &str| {
+        let t = Instant::now();
+        let names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        for p in names {
+            std::fs::metadata(p).unwrap();
+        }
+        t.elapsed()
+    };
+    let local_stat = listdir_then_stat(local.path().to_str().unwrap());
+    // The same run with the kernel's readdirplus in "auto" mode (the earlier default) and
+    // with attributes in every listing (the default now).
+    for auto in [true, false] {
+        let mode = if auto {
+            "readdirplus auto"
+        } else {
+            "readdirplus always"
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (cold, warm, stat, requests) =
+            with_mount_opts(e, "s3://bench/flat", metrics.clone(), auto, |mp| {
+                let d = mp.join("dir");
+                let d = d.to_str().unwrap();
+                let before = e.server.backend().counters.list()
+                    + e.server.backend().counters.head()
+                    + e.server.backend().counters.get();
+                let cold = time_cmd(&["ls", "-f", d]);
+                let warm = time_cmd(&["ls", "-f", d]);
+                let stat = stat_all(d);
+                let after = e.server.backend().counters.list()
+                    + e.server.backend().counters.head()
+                    + e.server.backend().counters.get();
+                (cold, warm, stat, after - before)
+            });
+        // A plain listing, then a stat of each name (`os.listdir` + `os.stat`) on a fresh
+        // mount.
+        let listdir_stat = with_mount_opts(
+            e,
+            "s3://bench/flat",
+            Arc::new(Metrics::default()),
+            auto,
+            |mp| listdir_then_stat(mp.join("dir").to_str().unwrap()),
+        );
+        // `ls -l` on a fresh mount: listing and stat interleaved.
+        let long = with_mount_opts(
+            e,
+            "s3://bench/flat",
+            Arc::new(Metrics::default()),
+            auto,
+            |mp| time_cmd(&["ls", "-l", mp.join("dir").to_str().unwrap()]),
+        );
+        println!(
+            "[{mode}] ls -f of {n} entries: mount cold {:.1} ms, warm {:.1} ms; local dir {:.1} ms (ratio cold/local {:.2})",
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3,
+            local_ls.as_secs_f64() * 1e3,
+            cold.as_secs_f64() / local_ls.as_secs_f64()
+        );
+        println!(
+            "[{mode}] stat of all {n} entries after ls -f: {:.1} ms; requests to the server while listing and stat'ing: {requests}",
+            stat.as_secs_f64() * 1e3,
+        );
+        println!(
+            "[{mode}] listdir, then stat of each of {n} names, fresh mount: {:.1} ms; local dir {:.1} ms (ratio {:.2})",
+            listdir_stat.as_secs_f64() * 1e3,
+            local_stat.as_secs_f64() * 1e3,
+            listdir_stat.as_secs_f64() / local_stat.as_secs_f64()
+        );
+        println!(
+            "[{mode}] ls -l of {n} entries on a fresh mount: {:.1} ms; local dir {:.1} ms",
+            long.as_secs_f64() * 1e3,
+            local_long.as_secs_f64() * 1e3
+        );
+    }
 }
 
 fn cold_read_bench(e: &Env, threads: usize) {
@@ -422,7 +477,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     println!("pai-mount namespace benchmark; first-byte latency {latency_ms} ms");
-    // PAI_BENCH_ONLY=manifest,flat,build,mount picks parts.
+    // PAI_BENCH_ONLY=manifest,flat,build,ls,mount picks parts.
     if pai_mount_benches::enabled("manifest") {
         manifest_bench(100_000);
         if !quick {
@@ -438,9 +493,11 @@ fn main() {
     if pai_mount_benches::enabled("build") {
         list_build_bench(&e, 100_000);
     }
+    if pai_mount_benches::enabled("ls") {
+        ls_bench(&e);
+    }
     if pai_mount_benches::enabled("mount") {
         daemon_rss_bench(&e, if quick { 100_000 } else { 1_000_000 });
-        ls_bench(&e);
         cold_read_bench(&e, 1);
         cold_read_bench(&e, 8);
     }

@@ -46,6 +46,12 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Let the kernel read and write staging files directly (FUSE passthrough) when it can.
     pub passthrough: bool,
+    /// Readdirplus in the kernel's "auto" mode: attributes with a listing's first batch and
+    /// when entries are being stat'ed (`ls -l`), plain names otherwise, which makes `ls -f`
+    /// cheaper in the kernel but costs a lookup round trip per entry for a `stat` after a
+    /// plain listing (`os.listdir`, then `os.stat` of each name). Off (the default): every
+    /// listing carries attributes.
+    pub readdirplus_auto: bool,
 }
 
 impl Default for MountOptions {
@@ -56,6 +62,7 @@ impl Default for MountOptions {
             passthrough: true,
             fs_name: "pai-mount".into(),
             read_only: true,
+            readdirplus_auto: false,
         }
     }
 }
@@ -65,6 +72,7 @@ pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: Handle,
     passthrough: bool,
+    readdirplus_auto: bool,
     backing: Mutex<Backing>,
 }
 
@@ -79,11 +87,13 @@ struct Backing {
 
 impl FuseAdapter {
     /// `passthrough`: offer the kernel staging files to read and write itself, if it can.
-    pub fn new(fs: Arc<Fs>, rt: Handle, passthrough: bool) -> Self {
+    /// `readdirplus_auto`: see [`MountOptions::readdirplus_auto`].
+    pub fn new(fs: Arc<Fs>, rt: Handle, passthrough: bool, readdirplus_auto: bool) -> Self {
         Self {
             fs,
             rt,
             passthrough,
+            readdirplus_auto,
             backing: Mutex::default(),
         }
     }
@@ -231,15 +241,17 @@ fn file_type(k: NodeKind) -> FileType {
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Parallel lookups in one directory. Readdirplus in "auto" mode: the kernel asks for
-        // attributes with the first batch of a listing and whenever entries are being stat'ed
-        // (`ls -l`), and plain names otherwise (`ls -f`), which is 10x cheaper in the kernel.
-        for flag in [
+        // Parallel lookups in one directory; listings carry attributes (readdirplus), in
+        // "auto" mode only if asked (see `MountOptions::readdirplus_auto`).
+        let mut flags = vec![
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
-        ] {
+        ];
+        if self.readdirplus_auto {
+            flags.push(InitFlags::FUSE_READDIRPLUS_AUTO);
+        }
+        for flag in flags {
             if config.add_capabilities(flag).is_err() {
                 tracing::info!(?flag, "kernel does not offer this FUSE capability");
             }
@@ -839,7 +851,7 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let adapter = FuseAdapter::new(fs, rt, options.passthrough);
+    let adapter = FuseAdapter::new(fs, rt, options.passthrough, options.readdirplus_auto);
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
     // The kernel caps a FUSE mount's readahead at 128 KiB regardless of `max_readahead`;
     // raise it so sequential reads arrive as 1 MiB requests.
