@@ -463,12 +463,14 @@ impl Fs {
     /// made, removed or replaced in this mount count as they are now). `base`: the directory's
     /// snapshot node, if the snapshot has it; `path`: its path.
     fn dir_nlink(&self, base: Option<(&Namespace, u32)>, path: impl FnOnce() -> String) -> u32 {
-        let ov = self.overlay.read().unwrap();
-        if ov.is_empty() {
+        if self.overlay.read().unwrap().is_empty() {
             return 2 + base.map_or(0, |(ns, node)| ns.subdirs(node));
         }
+        // `path` may read the overlay itself: no guard is held across it (a second read lock
+        // on one thread can deadlock behind a waiting writer).
         let path = path();
         let path = path.as_str();
+        let ov = self.overlay.read().unwrap();
         let base = base.filter(|_| !ov.hides_below(path));
         let mut n = i64::from(base.map_or(0, |(ns, node)| ns.subdirs(node)));
         for (name, e) in ov.children(path) {
