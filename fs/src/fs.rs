@@ -475,8 +475,7 @@ impl Fs {
         let mut n = i64::from(base.map_or(0, |(ns, node)| ns.subdirs(node)));
         for (name, e) in ov.children(path) {
             let base_dir = base
-                .and_then(|(ns, node)| ns.lookup(node, name.as_bytes()))
-                .and_then(|kid| base.and_then(|(ns, _)| ns.info(kid)))
+                .and_then(|(ns, node)| ns.info(ns.lookup(node, name.as_bytes())?))
                 .is_some_and(|i| i.kind == NodeKind::Dir);
             match (e, base_dir) {
                 (Entry::Dir { .. }, false) => n += 1,
@@ -560,14 +559,7 @@ impl Fs {
         } else {
             None
         };
-        set_here.or_else(|| {
-            let ms = attrs?.atime_ms?;
-            Some(if ms >= 0 {
-                UNIX_EPOCH + Duration::from_millis(ms as u64)
-            } else {
-                UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-            })
-        })
+        set_here.or_else(|| Some(crate::attrs::time_from_ms(attrs?.atime_ms?)))
     }
 
     pub(crate) fn target_attr(&self, t: &Target) -> Attr {

@@ -36,7 +36,5 @@ pub use pai_store::{attrs, framing, manifest, metrics, namespace, object};
 
 /// Milliseconds since the epoch, now.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    attrs::ms_since_epoch(std::time::SystemTime::now())
 }

@@ -139,6 +139,17 @@ pub fn ms_since_epoch(t: std::time::SystemTime) -> i64 {
     }
 }
 
+/// The time `ms` milliseconds from the epoch (negative: before it); the inverse of
+/// [`ms_since_epoch`].
+pub fn time_from_ms(ms: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
 /// An mtime in ms as metadata: seconds with three decimals.
 pub fn format_mtime(ms: i64) -> String {
     let sign = if ms < 0 { "-" } else { "" };
@@ -200,6 +211,9 @@ mod tests {
         assert_eq!(parse_mtime("-1.250"), Some(-1250));
         assert_eq!(parse_mtime(&format_mtime(-1)), Some(-1));
         assert_eq!(parse_mtime("1.x"), None);
+        for ms in [0, 1_700_000_000_123, -1_250] {
+            assert_eq!(ms_since_epoch(time_from_ms(ms)), ms);
+        }
         assert_eq!(parse_mtime(""), None);
     }
 

@@ -1,7 +1,6 @@
 //! The state of one file written, renamed or touched in this mount, and the transitions the
 //! write-back protocol allows on it.
 
-use crate::ids::InodeNo;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -10,6 +9,7 @@ use super::early::Stream;
 use super::journal::Record;
 use super::{dirty, Staged};
 use crate::attrs::Attrs;
+use crate::ids::InodeNo;
 
 /// The object a node's key has in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,11 +222,6 @@ pub struct FileNode {
 }
 
 impl FileNode {
-    /// A node for the object `remote` under `key` (or for nothing yet, with `None`).
-    pub fn new(ino: InodeNo, key: String, mtime_ms: i64, remote: Option<Remote>) -> Arc<Self> {
-        Self::with_state(ino, FileState::new(key, mtime_ms, remote))
-    }
-
     /// A node for an object of the bucket with the attributes its metadata gave.
     pub fn for_object(
         ino: InodeNo,

@@ -127,20 +127,12 @@ pub(super) async fn list(
             page.prefixes.retain(|p| p <= upto);
             passed_end = page.objects.len() + page.prefixes.len() < before;
         }
-        let first = page
-            .objects
-            .first()
-            .map(|o| o.key.clone())
-            .into_iter()
-            .chain(page.prefixes.first().cloned())
-            .min();
-        let last = page
-            .objects
-            .last()
-            .map(|o| o.key.clone())
-            .into_iter()
-            .chain(page.prefixes.last().cloned())
-            .max();
+        // Objects and common prefixes each come sorted: the page's ends are among theirs.
+        let ends = |o: Option<&crate::object::RawObject>, p: Option<&Vec<u8>>| {
+            o.map(|o| o.key.clone()).into_iter().chain(p.cloned())
+        };
+        let first = ends(page.objects.first(), page.prefixes.first()).min();
+        let last = ends(page.objects.last(), page.prefixes.last()).max();
         let more = page.next.is_some() && !passed_end;
         // A guessed range listed whole by its first request: it held `kept` names where a
         // page was expected. Later guesses in this directory reach further or less far, so
